@@ -1,0 +1,22 @@
+"""Event handlers: one module per Stripe object family, registered with `@on`.
+
+```python
+from handlers import on
+
+@on("payment_intent.succeeded", "payment_intent.payment_failed")
+def record_payment(ctx) -> None: ...
+```
+
+The modules in `BUILTIN_MODULES` are imported at cold start, then the modules named in
+STRIPE_HANDLER_MODULES (comma-separated import paths), whose `@on` decorators register into
+the same `registry`.
+"""
+
+from stripe_ledger.registry import HandlerRegistry
+
+__all__ = ["BUILTIN_MODULES", "on", "registry"]
+
+registry = HandlerRegistry()
+on = registry.on
+
+BUILTIN_MODULES: tuple[str, ...] = ("handlers.payment_intents",)

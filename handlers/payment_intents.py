@@ -1,0 +1,26 @@
+"""`payment_intent.*` events keep `payments/{payment_intent.id}` current."""
+
+from handlers._projection import Projection, lifecycle, register_projection
+
+__all__ = ["PAYMENTS"]
+
+PAYMENTS = Projection(
+    collection="payments",
+    fields=lambda obj: {
+        "status": obj.get("status"),
+        "amount": obj.get("amount"),
+        "amount_received": obj.get("amount_received"),
+        "currency": obj.get("currency"),
+        "customer": obj.get("customer"),
+    },
+    rank=lifecycle(
+        "requires_payment_method",
+        "requires_confirmation",
+        "requires_action",
+        "processing",
+        "requires_capture",
+        ("succeeded", "canceled"),
+    ),
+)
+
+register_projection(PAYMENTS, "payment_intent.*")

@@ -1,0 +1,112 @@
+"""Settings read from the environment, validated once per instance.
+
+Anything that would weaken verification or exactly-once delivery is refused with a
+`ConfigurationError` instead of being silently accepted: no secret, a secret that is not a
+Stripe signing secret, replay protection switched off, a retention shorter than the window in
+which Stripe can still resend an event.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from stripe_ledger.errors import ConfigurationError
+
+__all__ = ["MAX_BODY_BYTES", "Settings"]
+
+MAX_BODY_BYTES = 1024 * 1024
+"""Bodies above this size are refused with 413 before they are read."""
+
+_COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,100}$")
+_MIN_RETENTION_DAYS = 30  # Stripe can resend an event for 30 days.
+_MAX_TOLERANCE_SECONDS = 300  # stripe's default; a wider window weakens replay protection.
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the function needs to know, with the documented defaults."""
+
+    webhook_secrets: tuple[str, ...]
+    tolerance_seconds: int = _MAX_TOLERANCE_SECONDS
+    max_attempts: int = 5
+    retention_days: int = 35
+    lease_seconds: int = 60
+    redelivery_age_seconds: int = 120
+    firestore_timeout_seconds: int = 5
+    events_collection: str = "stripe_events"
+    handler_modules: tuple[str, ...] = ()
+    project: str | None = None
+    database: str = "(default)"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and validate the settings; raise `ConfigurationError` naming what is wrong."""
+        settings = cls(
+            webhook_secrets=_split(environ.get("STRIPE_WEBHOOK_SECRET", "")),
+            tolerance_seconds=_integer(environ, "STRIPE_WEBHOOK_TOLERANCE", cls.tolerance_seconds),
+            max_attempts=_integer(environ, "STRIPE_MAX_ATTEMPTS", cls.max_attempts),
+            retention_days=_integer(environ, "STRIPE_EVENT_RETENTION_DAYS", cls.retention_days),
+            lease_seconds=_integer(environ, "STRIPE_LEASE_SECONDS", cls.lease_seconds),
+            redelivery_age_seconds=_integer(
+                environ, "STRIPE_REDELIVERY_AGE_SECONDS", cls.redelivery_age_seconds
+            ),
+            firestore_timeout_seconds=_integer(
+                environ, "STRIPE_FIRESTORE_TIMEOUT_SECONDS", cls.firestore_timeout_seconds
+            ),
+            events_collection=environ.get("STRIPE_EVENTS_COLLECTION") or cls.events_collection,
+            handler_modules=_split(environ.get("STRIPE_HANDLER_MODULES", "")),
+            project=environ.get("GOOGLE_CLOUD_PROJECT") or None,
+            database=environ.get("FIRESTORE_DATABASE") or cls.database,
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise `ConfigurationError` if any setting is unsafe or malformed."""
+        if not self.webhook_secrets:
+            raise ConfigurationError("STRIPE_WEBHOOK_SECRET is unset or empty")
+        for position, secret in enumerate(self.webhook_secrets, start=1):
+            if not secret.startswith("whsec_") or len(secret) <= len("whsec_"):
+                # Never echo the value: this message is logged.
+                raise ConfigurationError(
+                    f"STRIPE_WEBHOOK_SECRET entry {position} is not a Stripe signing secret "
+                    "(it must start with whsec_)"
+                )
+        if not 1 <= self.tolerance_seconds <= _MAX_TOLERANCE_SECONDS:
+            raise ConfigurationError(
+                f"STRIPE_WEBHOOK_TOLERANCE must be between 1 and {_MAX_TOLERANCE_SECONDS} seconds "
+                "(0 would switch off replay protection)"
+            )
+        if self.max_attempts < 1:
+            raise ConfigurationError("STRIPE_MAX_ATTEMPTS must be at least 1")
+        if self.retention_days < _MIN_RETENTION_DAYS:
+            raise ConfigurationError(
+                f"STRIPE_EVENT_RETENTION_DAYS must be at least {_MIN_RETENTION_DAYS}: Stripe can "
+                "resend an event for 30 days, and a forgotten event would be processed again"
+            )
+        if self.lease_seconds < 1:
+            raise ConfigurationError("STRIPE_LEASE_SECONDS must be at least 1")
+        if self.redelivery_age_seconds < 0:
+            raise ConfigurationError("STRIPE_REDELIVERY_AGE_SECONDS must not be negative")
+        if self.firestore_timeout_seconds < 1:
+            raise ConfigurationError("STRIPE_FIRESTORE_TIMEOUT_SECONDS must be at least 1")
+        if not _COLLECTION_NAME.match(self.events_collection):
+            raise ConfigurationError(
+                "STRIPE_EVENTS_COLLECTION must be 1-100 letters, digits, '_' or '-'"
+            )
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _integer(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None

@@ -1,0 +1,93 @@
+"""The context a handler receives: the event, its transaction, and reads through it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from google.cloud import firestore
+
+from stripe_ledger.ledger import Snapshot
+
+if TYPE_CHECKING:
+    import stripe
+
+    from stripe_ledger.verify import VerifiedEvent
+
+__all__ = ["HandlerContext", "ReadAfterWrite"]
+
+
+class ReadAfterWrite(RuntimeError):
+    """A handler read a document that an earlier handler already wrote in this transaction."""
+
+
+class HandlerContext:
+    """Everything a handler may touch while its event's transaction is open.
+
+    Writes go through `tx` and commit atomically with the ledger record. Reads go through
+    `get`/`get_all`: they read inside the same transaction and are cached, and the documents
+    every handler declared with `reads=` are fetched in one batch before the first handler
+    runs. Firestore reads inside a transaction see the state from before the transaction's
+    writes, so reading a document that has already been written in this transaction would
+    silently see stale data (and a write based on it would undo the earlier one); `get`
+    raises `ReadAfterWrite` instead.
+    """
+
+    def __init__(
+        self,
+        received: VerifiedEvent,
+        tx: firestore.Transaction,
+        db: firestore.Client,
+        attempt: int,
+    ) -> None:
+        self.received = received
+        self.tx = tx
+        self.db = db
+        self.attempt = attempt
+        self._snapshots: dict[str, Snapshot] = {}
+
+    @property
+    def event(self) -> stripe.Event:
+        """The verified event as a `stripe.Event`."""
+        return self.received.event
+
+    @property
+    def object(self) -> dict[str, Any]:
+        """`event.data.object` as a plain dict."""
+        return self.received.object
+
+    @property
+    def event_id(self) -> str:
+        return self.received.id
+
+    @property
+    def event_type(self) -> str:
+        return self.received.type
+
+    def get(self, ref: firestore.DocumentReference) -> Snapshot:
+        """Read one document through the transaction (cached for the transaction)."""
+        return self.get_all([ref])[0]
+
+    def get_all(self, refs: Iterable[firestore.DocumentReference]) -> list[Snapshot]:
+        """Read documents through the transaction in one batch, skipping cached ones."""
+        refs = list(refs)
+        written = self._written_paths()
+        for ref in refs:
+            if ref.path in written:
+                raise ReadAfterWrite(
+                    f"{ref.path} was already written in this transaction, so a read would see "
+                    "its old state; handlers sharing a document must use transforms "
+                    "(firestore.Increment, ArrayUnion) or be merged into one handler"
+                )
+        missing = list({ref.path: ref for ref in refs if ref.path not in self._snapshots}.values())
+        if missing:
+            for snapshot in self.tx.get_all(missing):
+                self._snapshots[snapshot.reference.path] = snapshot
+        return [self._snapshots[ref.path] for ref in refs]
+
+    def _written_paths(self) -> set[str]:
+        # The client buffers a transaction's writes until commit; `_write_pbs` is that buffer.
+        names = set()
+        for write in self.tx._write_pbs:
+            names.add(write.update.name or write.delete or write.transform.document)
+        return {name.split("/documents/", 1)[-1] for name in names if name}

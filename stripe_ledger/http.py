@@ -1,0 +1,145 @@
+"""The HTTP face of the function: the one place that turns outcomes and errors into statuses.
+
+Every answer that is not 2xx makes Stripe retry the delivery, so a 2xx is given only when
+the event is safely recorded: completed, ignored, a duplicate of a settled event, or
+dead-lettered. One JSON log line is written per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flask
+
+from stripe_ledger import logs
+from stripe_ledger.config import MAX_BODY_BYTES
+from stripe_ledger.errors import (
+    ConfigurationError,
+    InvalidEvent,
+    LedgerUnavailable,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    SignatureError,
+    WebhookError,
+)
+from stripe_ledger.outcomes import Delivery, Outcome
+from stripe_ledger.service import WebhookService
+
+__all__ = ["handle", "read_body"]
+
+_ERROR_STATUS: dict[type[WebhookError], tuple[int, int]] = {
+    # error: (HTTP status, log level)
+    MethodNotAllowed: (405, logging.WARNING),
+    PayloadTooLarge: (413, logging.WARNING),
+    SignatureError: (400, logging.WARNING),
+    InvalidEvent: (400, logging.WARNING),
+    ConfigurationError: (500, logging.CRITICAL),
+    LedgerUnavailable: (503, logging.ERROR),
+}
+
+_OUTCOME_STATUS: dict[Outcome, tuple[int, int]] = {
+    Outcome.COMPLETED: (200, logging.INFO),
+    Outcome.IGNORED: (200, logging.INFO),
+    Outcome.DUPLICATE: (200, logging.INFO),
+    Outcome.DEAD: (200, logging.ERROR),
+    Outcome.FAILED: (500, logging.ERROR),
+    Outcome.IN_FLIGHT: (409, logging.WARNING),
+}
+
+_CHUNK = 64 * 1024
+
+
+def read_body(request: flask.Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body, read without ever holding more than `limit` + one chunk in memory."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body is larger than {limit} bytes")
+    chunks, size = [], 0
+    while chunk := request.stream.read(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def handle(request: flask.Request, service: Callable[[], WebhookService]) -> flask.Response:
+    """Answer one request to the webhook function, and log it."""
+    started = time.perf_counter()
+    fields: dict[str, Any] = logs.trace_fields(
+        request.headers.get("X-Cloud-Trace-Context"),
+        request.headers.get("traceparent"),
+        os.environ.get("GOOGLE_CLOUD_PROJECT"),
+    )
+    headers: dict[str, str] = {}
+    unexpected: Exception | None = None
+    try:
+        webhook = service()
+        if request.method != "POST":
+            headers["Allow"] = "POST"
+            raise MethodNotAllowed(f"method {request.method} not allowed; Stripe sends POST")
+        delivery = webhook.deliver(read_body(request), request.headers.get("Stripe-Signature"))
+    except WebhookError as error:
+        status, level = _ERROR_STATUS[type(error)]
+        body: dict[str, Any] = {"error": str(error)}
+        if isinstance(error, LedgerUnavailable):
+            headers["Retry-After"] = "10"
+        fields.update(
+            event_id=error.event_id,
+            event_type=error.event_type,
+            status="rejected" if status < 500 else "error",
+            reason=getattr(error, "reason", None),
+            error=str(error),
+        )
+        message = f"{type(error).__name__}: {error}"
+    except Exception as error:  # noqa: BLE001 - a bug must still answer (500: Stripe retries)
+        status, level = 500, logging.ERROR
+        body = {"error": "internal error"}
+        fields.update(status="error", error=f"{type(error).__name__}: {error}")
+        message = "unexpected error while handling a delivery"
+        unexpected = error
+    else:
+        status, level = _OUTCOME_STATUS[delivery.outcome]
+        body, message = _describe(delivery, headers)
+        fields.update(
+            event_id=delivery.event_id,
+            event_type=delivery.event_type,
+            status=delivery.outcome.value,
+            attempt=delivery.attempt,
+            error=delivery.error,
+        )
+    fields.update(http_status=status, duration_ms=round((time.perf_counter() - started) * 1000, 1))
+    logs.log(level, message, exc_info=unexpected, **fields)
+    return flask.Response(
+        json.dumps(body), status=status, headers=headers, mimetype="application/json"
+    )
+
+
+def _describe(delivery: Delivery, headers: dict[str, str]) -> tuple[dict[str, Any], str]:
+    """The response body and log message for a delivery that reached the ledger."""
+    outcome, event_id = delivery.outcome, delivery.event_id
+    if outcome is Outcome.FAILED:
+        return (
+            {"error": "a handler failed; the event is recorded as failed", "event_id": event_id},
+            f"event {event_id} failed on attempt {delivery.attempt}: {delivery.error}",
+        )
+    if outcome is Outcome.IN_FLIGHT:
+        headers["Retry-After"] = str(delivery.retry_after or 1)
+        return (
+            {
+                "error": "another delivery is processing this event; retry later",
+                "event_id": event_id,
+            },
+            f"event {event_id} is being processed by another delivery",
+        )
+    if outcome is Outcome.DEAD:
+        return (
+            {"status": outcome.value, "event_id": event_id},
+            f"event {event_id} dead-lettered after {delivery.attempt} attempts: {delivery.error}; "
+            "fix the cause, then replay it with `stripe-ledger replay`",
+        )
+    return {"status": outcome.value, "event_id": event_id}, f"event {event_id} {outcome.value}"

@@ -1,0 +1,274 @@
+"""The event ledger: `stripe_events/{event_id}` is both the claim on an event and its record.
+
+A delivery first *claims* the event: it creates the record (status `processing`, with a
+lease) or, for a record that failed or whose lease expired, takes it over with a
+compare-and-set on the record's `update_time`. Only the claim's holder opens a transaction,
+so concurrent duplicates never wait on each other's locks: they see the claim and are told to
+retry. Every later write of the holder (completion inside the transaction, failure after it)
+carries the claim's `update_time` as a precondition, so a delivery whose lease was taken over
+can never overwrite what the new holder committed. The lease only decides *when* an
+abandoned claim may be taken over; exactly-once never depends on clocks.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import zlib
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from stripe_ledger.config import Settings
+from stripe_ledger.outcomes import Outcome
+from stripe_ledger.verify import VerifiedEvent
+
+__all__ = [
+    "RETRYABLE",
+    "SETTLED",
+    "Claim",
+    "Clock",
+    "EventLedger",
+    "Settled",
+    "Status",
+    "stored_payload",
+    "utc_now",
+]
+
+Clock = Callable[[], datetime]
+Snapshot = firestore.DocumentSnapshot[firestore.DocumentReference]
+
+_MAX_ERROR_CHARS = 1000
+# Firestore stores at most 1 MiB per document; bigger bodies are kept compressed.
+_MAX_PLAIN_PAYLOAD_BYTES = 900_000
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware."""
+    return datetime.now(UTC)
+
+
+class Status(enum.StrEnum):
+    """The `status` field of a ledger record."""
+
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    IGNORED = "ignored"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+SETTLED = frozenset({Status.COMPLETED, Status.IGNORED, Status.DEAD})
+"""Statuses a live delivery never touches again."""
+
+RETRYABLE = frozenset({Status.FAILED})
+"""Statuses a live delivery claims again (an expired `processing` lease always is)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The right to process an event, held until the record's `update_time` changes."""
+
+    event_id: str
+    attempt: int
+    update_time: datetime
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A claim that found nothing to process, and why."""
+
+    outcome: Outcome
+    status: str | None = None
+    attempt: int | None = None
+    retry_after: int | None = None
+    error: str | None = None
+
+
+class EventLedger:
+    """Reads and writes ledger records in one Firestore collection."""
+
+    def __init__(self, db: firestore.Client, settings: Settings, clock: Clock = utc_now) -> None:
+        self.db = db
+        self.settings = settings
+        self.clock = clock
+        self.collection = db.collection(settings.events_collection)
+
+    def ref(self, event_id: str) -> firestore.DocumentReference:
+        """The record of `event_id`."""
+        return self.collection.document(event_id)
+
+    def claim(
+        self,
+        received: VerifiedEvent,
+        *,
+        handled: bool,
+        reclaim: Collection[str] = RETRYABLE,
+        note: str | None = None,
+    ) -> Claim | Settled:
+        """Claim `received` for processing, or say why not.
+
+        A first delivery costs one write (`create`). An event older than
+        `redelivery_age_seconds` is probably a redelivery, so its record is read first: a
+        duplicate of a settled event then costs a single read. An event with no handlers
+        (`handled=False`) is recorded `ignored` instead of claimed. Records whose status is
+        in `reclaim`, and `processing` records whose lease has expired, are taken over.
+        `note`, if given, is recorded in `last_note` by the claim.
+        """
+        ref = self.ref(received.id)
+        now = self.clock()
+        snapshot = None
+        if now.timestamp() - received.created > self.settings.redelivery_age_seconds:
+            snapshot = ref.get()
+        if snapshot is None or not snapshot.exists:
+            record = self._new_record(received, handled, now)
+            if note:
+                record["last_note"] = note
+            try:
+                result = ref.create(record)  # pragma: SYNCPOINT ledger
+            except gexc.AlreadyExists:
+                snapshot = ref.get()  # pragma: SYNCPOINT ledger
+            else:
+                if not handled:
+                    return Settled(Outcome.IGNORED, status=Status.IGNORED)
+                return Claim(received.id, 1, result.update_time)
+            if not snapshot.exists:  # created and deleted in between: let Stripe retry
+                return Settled(Outcome.IN_FLIGHT, retry_after=1)
+        return self._reclaim(snapshot, handled, reclaim, note, now)
+
+    def _reclaim(
+        self,
+        snapshot: Snapshot,
+        handled: bool,
+        reclaim: Collection[str],
+        note: str | None,
+        now: datetime,
+    ) -> Claim | Settled:
+        record = snapshot.to_dict() or {}
+        status = record.get("status")
+        attempts = int(record.get("attempts") or 0)
+        fields: dict[str, Any] = {"updated_at": now}
+        if status == Status.PROCESSING:
+            lease = record.get("lease_expires_at")
+            if lease is not None and lease > now:
+                wait = math.ceil((lease - now).total_seconds())
+                return Settled(Outcome.IN_FLIGHT, status=status, attempt=attempts, retry_after=wait)
+            abandoned = f"attempt {attempts} did not finish within its lease (crash or timeout)"
+            fields["last_error"] = abandoned
+            if attempts >= self.settings.max_attempts:
+                fields.update(status=Status.DEAD, lease_expires_at=None)
+                if not self._compare_and_set(snapshot, fields):
+                    return Settled(Outcome.IN_FLIGHT, status=status, retry_after=1)
+                return Settled(Outcome.DEAD, status=Status.DEAD, attempt=attempts, error=abandoned)
+        elif status not in reclaim:
+            return Settled(Outcome.DUPLICATE, status=status, attempt=attempts)
+        if note:
+            fields["last_note"] = note
+        if not handled:
+            fields.update(status=Status.IGNORED, completed_at=now, lease_expires_at=None)
+            if not self._compare_and_set(snapshot, fields):
+                return Settled(Outcome.IN_FLIGHT, status=status, retry_after=1)
+            return Settled(Outcome.IGNORED, status=Status.IGNORED, attempt=attempts)
+        fields.update(
+            status=Status.PROCESSING,
+            attempts=attempts + 1,
+            lease_expires_at=now + timedelta(seconds=self.settings.lease_seconds),
+        )
+        result = self._compare_and_set(snapshot, fields)
+        if not result:
+            return Settled(Outcome.IN_FLIGHT, status=status, retry_after=1)
+        return Claim(snapshot.id, attempts + 1, result.update_time)
+
+    def _compare_and_set(self, snapshot: Snapshot, fields: dict[str, Any]) -> Any:
+        """Update the record unless it changed since `snapshot`; the write result, or None."""
+        option = self.db.write_option(last_update_time=snapshot.update_time)
+        try:
+            return snapshot.reference.update(fields, option=option)  # pragma: SYNCPOINT ledger
+        except gexc.FailedPrecondition:
+            return None
+
+    def complete(self, tx: firestore.Transaction, claim: Claim) -> None:
+        """Mark the claimed event `completed` as part of `tx` (the handlers' transaction).
+
+        The write is conditional on the claim, so the whole transaction fails with
+        `FailedPrecondition` if another delivery took the event over meanwhile.
+        """
+        now = self.clock()
+        tx.update(
+            self.ref(claim.event_id),
+            {
+                "status": Status.COMPLETED,
+                "updated_at": now,
+                "completed_at": now,
+                "lease_expires_at": None,
+            },
+            option=self.db.write_option(last_update_time=claim.update_time),
+        )
+
+    def record_failure(self, claim: Claim, error: str, *, counts: bool = True) -> Outcome:
+        """Record that the claimed attempt failed with `error`, releasing the claim.
+
+        A failure that `counts` on the attempt number `max_attempts` dead-letters the event;
+        one that does not (Firestore or Stripe unavailable) always leaves it `failed`.
+        Returns FAILED, DEAD, or IN_FLIGHT when another delivery has taken the event over
+        (its result stands and nothing is written).
+        """
+        dead = counts and claim.attempt >= self.settings.max_attempts
+        fields = {
+            "status": Status.DEAD if dead else Status.FAILED,
+            "last_error": error[:_MAX_ERROR_CHARS],
+            "updated_at": self.clock(),
+            "lease_expires_at": None,
+        }
+        option = self.db.write_option(last_update_time=claim.update_time)
+        try:
+            self.ref(claim.event_id).update(fields, option=option)  # pragma: SYNCPOINT ledger
+        except gexc.FailedPrecondition:
+            return Outcome.IN_FLIGHT
+        return Outcome.DEAD if dead else Outcome.FAILED
+
+    def holds(self, claim: Claim) -> bool:
+        """Whether the record is still as `claim` left it (nobody took the event over)."""
+        snapshot = self.ref(claim.event_id).get()
+        return bool(snapshot.exists and snapshot.update_time == claim.update_time)
+
+    def _new_record(self, received: VerifiedEvent, handled: bool, now: datetime) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "type": received.type,
+            "status": Status.PROCESSING if handled else Status.IGNORED,
+            "attempts": 1 if handled else 0,
+            "received_at": now,
+            "updated_at": now,
+            "completed_at": None if handled else now,
+            "lease_expires_at": (
+                now + timedelta(seconds=self.settings.lease_seconds) if handled else None
+            ),
+            "last_error": None,
+            "livemode": received.livemode,
+            "api_version": received.api_version,
+            "created": datetime.fromtimestamp(received.created, UTC),
+            "object_id": received.object_id,
+            "account": received.account,
+            "expire_at": now + timedelta(days=self.settings.retention_days),
+        }
+        record.update(_payload_fields(received.payload))
+        return record
+
+
+def _payload_fields(payload: str) -> dict[str, Any]:
+    encoded = payload.encode("utf-8")
+    if len(encoded) <= _MAX_PLAIN_PAYLOAD_BYTES:
+        return {"payload": payload}
+    return {"payload": None, "payload_zlib": zlib.compress(encoded, 9)}
+
+
+def stored_payload(record: dict[str, Any]) -> str | None:
+    """The body a record was created from, exactly as received (decompressed if needed)."""
+    if record.get("payload") is not None:
+        return str(record["payload"])
+    compressed = record.get("payload_zlib")
+    return zlib.decompress(compressed).decode("utf-8") if compressed is not None else None

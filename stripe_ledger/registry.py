@@ -1,0 +1,102 @@
+"""The handler registry: which functions run for which event types, in which order."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from stripe_ledger.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from google.cloud.firestore import DocumentReference
+
+    from stripe_ledger.context import HandlerContext
+
+__all__ = ["Handler", "HandlerRegistry", "Reads", "Registration", "import_handler_modules"]
+
+Handler = Callable[["HandlerContext"], None]
+"""A handler: reads and writes through `ctx`, returns nothing, raises to fail the event."""
+
+Reads = Callable[["HandlerContext"], Iterable["DocumentReference"]]
+"""Names the documents a handler will read, so that all of them are fetched in one batch."""
+
+H = TypeVar("H", bound=Handler)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One handler registered for one event-type pattern."""
+
+    pattern: str
+    name: str
+    handler: Handler
+    reads: Reads | None = None
+
+
+class HandlerRegistry:
+    """Handlers keyed by event type; patterns are exact types, `prefix.*` or `*`."""
+
+    def __init__(self) -> None:
+        self._registrations: list[Registration] = []
+        self._cache: dict[str, tuple[Registration, ...]] = {}
+
+    def on(self, *event_types: str, reads: Reads | None = None) -> Callable[[H], H]:
+        """Register the decorated function for `event_types`; return it unchanged.
+
+        `reads`, if given, returns the documents the handler will read with `ctx.get`; they
+        are fetched together with every other handler's before the first handler runs.
+        """
+        if not event_types:
+            raise TypeError("on() needs at least one event type")
+        for pattern in event_types:
+            if not isinstance(pattern, str) or not pattern or "*" in pattern.removesuffix("*"):
+                raise ValueError(f"invalid event type pattern {pattern!r}")
+            if pattern.endswith("*") and pattern != "*" and not pattern.endswith(".*"):
+                raise ValueError(f"wildcards must be a whole segment: {pattern!r}")
+
+        def register(handler: H) -> H:
+            name = f"{handler.__module__}.{handler.__qualname__}"
+            for pattern in event_types:
+                self._registrations.append(Registration(pattern, name, handler, reads))
+            self._cache.clear()
+            return handler
+
+        return register
+
+    def handlers_for(self, event_type: str) -> tuple[Registration, ...]:
+        """The registrations matching `event_type`, in registration order, each handler once."""
+        cached = self._cache.get(event_type)
+        if cached is None:
+            seen: set[Handler] = set()
+            matches = []
+            for registration in self._registrations:
+                if registration.handler not in seen and _matches(registration.pattern, event_type):
+                    seen.add(registration.handler)
+                    matches.append(registration)
+            cached = self._cache[event_type] = tuple(matches)
+        return cached
+
+    def patterns(self) -> list[str]:
+        """Every registered pattern, in registration order, without repeats."""
+        return list(dict.fromkeys(r.pattern for r in self._registrations))
+
+
+def _matches(pattern: str, event_type: str) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return event_type.startswith(pattern[:-1])
+    return pattern == event_type
+
+
+def import_handler_modules(names: Iterable[str]) -> None:
+    """Import each module so that its `@on` decorators register; raise `ConfigurationError`."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:
+            raise ConfigurationError(
+                f"handler module {name!r} failed to import: {type(error).__name__}: {error}"
+            ) from error

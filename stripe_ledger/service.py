@@ -1,0 +1,91 @@
+"""The webhook service of one instance: settings, Firestore client and handlers, wired once.
+
+`build_service` is the one place that wires real dependencies; tests build a
+`WebhookService` with their own client, registry and clock. `LazyService` builds it on the
+first request, not at import, because the Firestore client reads `FIRESTORE_EMULATOR_HOST`
+when it is constructed and a cold start should not pay for a client before it is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+
+import google.auth.exceptions
+from google.cloud import firestore
+
+from stripe_ledger.config import Settings
+from stripe_ledger.errors import ConfigurationError, WebhookError
+from stripe_ledger.firestore_client import create_client
+from stripe_ledger.ledger import Clock, EventLedger, utc_now
+from stripe_ledger.outcomes import Delivery
+from stripe_ledger.processing import process_event
+from stripe_ledger.registry import HandlerRegistry, import_handler_modules
+from stripe_ledger.verify import verify_event
+
+__all__ = ["LazyService", "WebhookService", "build_service"]
+
+
+class WebhookService:
+    """Verifies deliveries and processes their events against one ledger."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: firestore.Client,
+        registry: HandlerRegistry,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.registry = registry
+        self.ledger = EventLedger(db, settings, clock)
+
+    def deliver(self, body: bytes, signature: str | None) -> Delivery:
+        """Verify one delivery and process its event; raise a `WebhookError` if it can't be."""
+        received = verify_event(
+            body, signature, self.settings.webhook_secrets, self.settings.tolerance_seconds
+        )
+        try:
+            return process_event(received, db=self.db, ledger=self.ledger, registry=self.registry)
+        except WebhookError as error:
+            error.event_id, error.event_type = received.id, received.type
+            raise
+
+
+def build_service(environ: Mapping[str, str] | None = None) -> WebhookService:
+    """Read the settings, import the handler modules and create the client."""
+    import handlers  # the project's handler package: its registry and built-in modules
+
+    environ = os.environ if environ is None else environ
+    settings = Settings.from_env(environ)
+    import_handler_modules(handlers.BUILTIN_MODULES + settings.handler_modules)
+    try:
+        db = create_client(settings, environ)
+    except google.auth.exceptions.DefaultCredentialsError as error:
+        raise ConfigurationError(f"no Google Cloud credentials or project: {error}") from error
+    return WebhookService(settings, db, handlers.registry)
+
+
+class LazyService:
+    """Builds the service on first use, once per instance, and remembers a failure to build."""
+
+    def __init__(self, factory: Callable[[], WebhookService] = build_service) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._service: WebhookService | None = None
+        self._failure: str | None = None
+
+    def __call__(self) -> WebhookService:
+        """The service; raises `ConfigurationError` on every call if building it failed."""
+        if self._service is None:
+            with self._lock:
+                if self._service is None and self._failure is None:
+                    try:
+                        self._service = self._factory()
+                    except ConfigurationError as error:
+                        self._failure = str(error)
+        if self._service is None:
+            raise ConfigurationError(self._failure or "service unavailable")
+        return self._service

@@ -1,0 +1,139 @@
+"""Verify a delivery's signature on the raw body, then parse it into a `VerifiedEvent`.
+
+Nothing is parsed before the signature matches one of the configured secrets, so an
+unsigned body never reaches the JSON parser, the ledger or a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+
+from stripe_ledger.errors import InvalidEvent, SignatureError
+
+__all__ = ["VerifiedEvent", "parse_event", "verify_event", "verify_signature"]
+
+# Stripe event IDs are "evt_" and letters, digits or underscores. Checking the shape also keeps
+# characters Firestore forbids in document IDs ("/", "__x__", "..") out of the ledger's keys.
+_EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,250}$")
+_EVENT_TYPE = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+
+
+@dataclass(frozen=True)
+class VerifiedEvent:
+    """A Stripe event whose signature matched, with the body exactly as received."""
+
+    event: stripe.Event
+    data: dict[str, Any]
+    payload: str
+
+    @property
+    def id(self) -> str:
+        return str(self.data["id"])
+
+    @property
+    def type(self) -> str:
+        return str(self.data["type"])
+
+    @property
+    def created(self) -> int:
+        return int(self.data["created"])
+
+    @property
+    def object(self) -> dict[str, Any]:
+        """`data.object` as a plain dict."""
+        return dict(self.data["data"]["object"])
+
+    @property
+    def object_id(self) -> str | None:
+        object_id = self.data["data"]["object"].get("id")
+        return object_id if isinstance(object_id, str) else None
+
+    @property
+    def livemode(self) -> bool:
+        return bool(self.data.get("livemode", False))
+
+    @property
+    def api_version(self) -> str | None:
+        version = self.data.get("api_version")
+        return version if isinstance(version, str) else None
+
+    @property
+    def account(self) -> str | None:
+        """The connected account the event belongs to (Connect), or None."""
+        account = self.data.get("account")
+        return account if isinstance(account, str) else None
+
+
+def verify_signature(
+    payload: bytes, header: str | None, secrets: tuple[str, ...], tolerance: int
+) -> str:
+    """Check `header` against each secret; return the body as text if one matches.
+
+    Raises `SignatureError` with `reason` "missing" (no header), "stale" (a secret matches
+    but the timestamp is older than `tolerance` seconds) or "invalid" (anything else).
+    """
+    if not header:
+        raise SignatureError("missing Stripe-Signature header", reason="missing")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SignatureError(
+            "body is not UTF-8, so no Stripe signature can match it", reason="invalid"
+        ) from None
+    failure = "no signature matches a configured secret"
+    for secret in secrets:
+        try:
+            # Signature only first: this tells a stale timestamp apart from a wrong secret
+            # without reading stripe's error messages.
+            stripe.WebhookSignature.verify_header(text, header, secret, tolerance=None)
+        except stripe.SignatureVerificationError as error:
+            failure = str(error)
+            continue
+        try:
+            stripe.WebhookSignature.verify_header(text, header, secret, tolerance=tolerance)
+        except stripe.SignatureVerificationError:
+            raise SignatureError(
+                f"signature timestamp is older than {tolerance} s (replayed or delayed delivery)",
+                reason="stale",
+            ) from None
+        return text
+    raise SignatureError(f"signature verification failed: {failure}", reason="invalid")
+
+
+def parse_event(payload: str) -> VerifiedEvent:
+    """Parse a verified body; raise `InvalidEvent` unless it is a Stripe event we can key."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        raise InvalidEvent("body is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidEvent("body is not a JSON object")
+    event_id = data.get("id")
+    if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
+        raise InvalidEvent("event has no valid id (expected evt_ followed by letters or digits)")
+    event_type = data.get("type")
+    if not isinstance(event_type, str) or not _EVENT_TYPE.match(event_type):
+        raise InvalidEvent("event has no valid type")
+    inner = data.get("data")
+    if not isinstance(inner, dict) or not isinstance(inner.get("object"), dict):
+        raise InvalidEvent("event has no data.object")
+    created = data.get("created")
+    if not isinstance(created, int) or isinstance(created, bool) or created < 0:
+        raise InvalidEvent("event has no valid created timestamp")
+    try:
+        event = stripe.Event.construct_from(data, None)
+    except Exception as error:  # noqa: BLE001 - any failure here means a malformed event
+        raise InvalidEvent(f"event could not be read: {type(error).__name__}") from None
+    return VerifiedEvent(event=event, data=data, payload=payload)
+
+
+def verify_event(
+    payload: bytes, header: str | None, secrets: tuple[str, ...], tolerance: int
+) -> VerifiedEvent:
+    """Verify the signature of a raw body, then parse it (see the two steps above)."""
+    return parse_event(verify_signature(payload, header, secrets, tolerance))

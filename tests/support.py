@@ -1,0 +1,221 @@
+"""Shared test helpers: events, signatures, the function served over real HTTP, RPC counting."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import requests
+import stripe
+from google.cloud import firestore
+from google.cloud.firestore_v1.services.firestore import client as gapic_client
+from google.cloud.firestore_v1.services.firestore.transports import grpc as gapic_grpc
+from test_utils.retry import RetryErrors
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "stripe-events"
+
+SECRET = "whsec_test_primary_0123456789abcdef"
+SECOND_SECRET = "whsec_test_rotated_fedcba9876543210"
+UNKNOWN_SECRET = "whsec_test_not_configured_00000000"
+
+
+def new_event_id() -> str:
+    return f"evt_test{uuid.uuid4().hex}"
+
+
+def make_event(
+    event_type: str,
+    obj: Mapping[str, Any] | None = None,
+    *,
+    event_id: str | None = None,
+    created: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A Stripe event dict (snapshot payload) with fresh ID and `created` = now by default."""
+    event: dict[str, Any] = {
+        "id": event_id or new_event_id(),
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": int(time.time()) if created is None else created,
+        "data": {"object": dict(obj or {"id": f"obj_{uuid.uuid4().hex[:12]}", "object": "test"})},
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": event_type,
+    }
+    event.update(extra)
+    return event
+
+
+def sign(payload: str, secret: str = SECRET, timestamp: int | None = None) -> str:
+    """A `Stripe-Signature` header for `payload`, as Stripe computes it."""
+    return str(stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp))
+
+
+def fixture_files() -> list[Path]:
+    """Every captured Stripe event payload in tests/fixtures/stripe-events."""
+    return sorted(path for path in FIXTURES.rglob("*.json"))
+
+
+def load_fixture(path: Path, *, fresh: bool = True) -> dict[str, Any]:
+    """A fixture event; with `fresh`, a new event ID and `created` = now (IDs repeat there)."""
+    event: dict[str, Any] = json.loads(path.read_text())
+    if fresh:
+        event = copy.deepcopy(event)
+        event["id"] = new_event_id()
+        event["created"] = int(time.time())
+    return event
+
+
+def ledger_record(db: firestore.Client, event_id: str) -> dict[str, Any] | None:
+    return db.collection("stripe_events").document(event_id).get().to_dict()
+
+
+class RpcCounter(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Counts the Firestore RPCs a client sends, by method name, on the wire."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    def _count(self, details: Any) -> None:
+        self.calls[details.method.rsplit("/", 1)[-1]] += 1
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self._count(details)
+        return continuation(details, request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        self._count(details)
+        return continuation(details, request)
+
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def reset(self) -> None:
+        self.calls.clear()
+
+
+def count_rpcs(db: firestore.Client) -> RpcCounter:
+    """Route `db`'s RPCs through a counting interceptor (the emulator's insecure channel)."""
+    counter = RpcCounter()
+    host = os.environ["FIRESTORE_EMULATOR_HOST"]
+    channel = grpc.insecure_channel(host, options=[("Authorization", "Bearer owner")])
+    transport = gapic_grpc.FirestoreGrpcTransport(
+        host=host, channel=grpc.intercept_channel(channel, counter)
+    )
+    db._firestore_api_internal = gapic_client.FirestoreClient(transport=transport)
+    return counter
+
+
+class FunctionServer:
+    """`functions-framework --target=stripe_webhook` (gunicorn) in a subprocess, on a free port."""
+
+    def __init__(self, env: Mapping[str, str], threads: int = 8) -> None:
+        from stripe_ledger.emulator import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.env = {
+            **os.environ,
+            "THREADS": str(threads),
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        self.log_path = Path(tempfile.mkstemp(prefix="function-", suffix=".log")[1])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> FunctionServer:
+        command = [
+            str(Path(sys.executable).parent / "functions-framework"),
+            "--target=stripe_webhook",
+            f"--source={ROOT / 'main.py'}",
+            "--host=127.0.0.1",
+            f"--port={self.port}",
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        @RetryErrors(requests.ConnectionError, max_tries=12, delay=0.25, backoff=1.5)
+        def wait_ready() -> None:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"function exited early:\n{self.log_text()}")
+            requests.get(self.url, timeout=5)
+
+        wait_ready()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the whole server (gunicorn arbiter and worker): a crash, not a shutdown."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+            self.process = None
+
+    stop = kill
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_entries(self) -> Iterator[dict[str, Any]]:
+        """The JSON log lines the function wrote (other lines are gunicorn's)."""
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                yield json.loads(line)
+
+    def post(
+        self,
+        event: Mapping[str, Any] | str,
+        *,
+        secret: str = SECRET,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30,
+    ) -> requests.Response:
+        """POST `event` signed with `secret`, as Stripe would."""
+        payload = event if isinstance(event, str) else json.dumps(event)
+        all_headers = {
+            "Content-Type": "application/json",
+            "Stripe-Signature": sign(payload, secret),
+        }
+        all_headers.update(headers or {})
+        return requests.post(self.url, data=payload.encode(), headers=all_headers, timeout=timeout)
+
+    def deliver_until_settled(
+        self, event: Mapping[str, Any], *, attempts: int = 60, pause: float = 0.25
+    ) -> requests.Response:
+        """Redeliver like Stripe (re-signed each time) until the answer is 2xx."""
+        response = None
+        for _ in range(attempts):
+            try:
+                response = self.post(event)
+            except requests.ConnectionError:
+                time.sleep(pause)
+                continue
+            if response.ok:
+                return response
+            time.sleep(pause)
+        raise AssertionError(
+            f"not settled after {attempts} deliveries: {response and response.text}"
+        )

@@ -1,0 +1,341 @@
+"""The ledger's exactly-once claims, proven on the emulator.
+
+The concurrency tests use `test_utils.orchestrate`: two deliveries run in threads that take
+turns at the `# pragma: SYNCPOINT ledger` comments in `stripe_ledger/ledger.py` and
+`stripe_ledger/processing.py`, over every interleaving of those turns. Each interleaving
+works on its own event, so the assertions are made per interleaving.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from google.cloud import firestore
+from test_utils.orchestrate import orchestrate
+
+from stripe_ledger.config import Settings
+from stripe_ledger.context import HandlerContext
+from stripe_ledger.errors import LedgerUnavailable
+from stripe_ledger.ledger import Claim, EventLedger, Settled, Status
+from stripe_ledger.outcomes import Delivery, Outcome
+from stripe_ledger.processing import process_claimed, process_event
+from stripe_ledger.registry import HandlerRegistry
+from stripe_ledger.verify import VerifiedEvent, parse_event
+from tests.support import SECRET, make_event
+
+pytestmark = pytest.mark.emulator
+
+EFFECTS = "test_effects"
+
+
+@dataclass
+class Clock:
+    """A clock the test moves by hand."""
+
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def settings(**overrides: Any) -> Settings:
+    return Settings(webhook_secrets=(SECRET,), **overrides)
+
+
+def counting_registry(
+    fail: Callable[[HandlerContext], bool] = lambda ctx: False,
+) -> HandlerRegistry:
+    """A handler that adds 1 to `test_effects/{event_id}`, with a server-side increment
+    (it reads nothing, so it holds no lock), or raises when `fail(ctx)`."""
+    registry = HandlerRegistry()
+
+    @registry.on("test.counted")
+    def count(ctx: HandlerContext) -> None:
+        ctx.tx.set(
+            ctx.db.collection(EFFECTS).document(ctx.event_id),
+            {"count": firestore.Increment(1)},
+            merge=True,
+        )
+        if fail(ctx):
+            raise RuntimeError("handler fault")
+
+    return registry
+
+
+def effects(db: firestore.Client, event_id: str) -> int:
+    snapshot = db.collection(EFFECTS).document(event_id).get()
+    return int(snapshot.get("count")) if snapshot.exists else 0
+
+
+def event(event_type: str = "test.counted", **extra: Any) -> VerifiedEvent:
+    return parse_event(json.dumps(make_event(event_type, **extra)))
+
+
+def deliver(
+    db: firestore.Client, ledger: EventLedger, registry: HandlerRegistry, received: VerifiedEvent
+) -> Delivery:
+    return process_event(received, db=db, ledger=ledger, registry=registry)
+
+
+class TestFirstDelivery:
+    def test_record_fields(self, db: firestore.Client) -> None:
+        """A completed event's record holds the contract's fields, and its payload as received."""
+        clock = Clock()
+        ledger = EventLedger(db, settings(), clock)
+        received = event(account="acct_123", data={"object": {"id": "obj_1", "object": "test"}})
+        delivery = deliver(db, ledger, counting_registry(), received)
+        assert delivery.outcome is Outcome.COMPLETED
+        record = ledger.ref(received.id).get().to_dict()
+        assert record is not None
+        assert record["status"] == "completed"
+        assert record["attempts"] == 1
+        assert record["type"] == "test.counted"
+        assert record["payload"] == received.payload
+        assert record["object_id"] == "obj_1"
+        assert record["account"] == "acct_123"
+        assert record["livemode"] is False
+        assert record["api_version"] == "2024-06-20"
+        assert record["last_error"] is None
+        assert record["created"] == datetime.fromtimestamp(received.created, UTC)
+        assert record["received_at"] == clock.now
+        assert record["completed_at"] == clock.now
+        assert record["expire_at"] == clock.now + timedelta(days=35)
+        assert effects(db, received.id) == 1
+
+    def test_event_without_handlers_is_recorded_ignored(self, db: firestore.Client) -> None:
+        ledger = EventLedger(db, settings())
+        received = event("nobody.listens")
+        assert deliver(db, ledger, counting_registry(), received).outcome is Outcome.IGNORED
+        record = ledger.ref(received.id).get().to_dict()
+        assert record is not None
+        assert (record["status"], record["attempts"]) == ("ignored", 0)
+
+    def test_a_large_payload_is_kept_compressed(self, db: firestore.Client) -> None:
+        """A body too big to sit next to the record's fields in one document is compressed."""
+        from stripe_ledger.ledger import stored_payload
+
+        ledger = EventLedger(db, settings())
+        received = event(data={"object": {"id": "obj_big", "blob": "x" * 1_000_000}})
+        assert deliver(db, ledger, counting_registry(), received).outcome is Outcome.COMPLETED
+        record = ledger.ref(received.id).get().to_dict()
+        assert record is not None
+        assert record["payload"] is None
+        assert stored_payload(record) == received.payload
+
+
+class TestDuplicates:
+    def test_a_duplicate_runs_no_handler_and_leaves_the_record(self, db: firestore.Client) -> None:
+        ledger = EventLedger(db, settings())
+        registry = counting_registry()
+        received = event()
+        deliver(db, ledger, registry, received)
+        before = ledger.ref(received.id).get()
+        delivery = deliver(db, ledger, registry, received)
+        assert delivery.outcome is Outcome.DUPLICATE
+        assert effects(db, received.id) == 1
+        assert ledger.ref(received.id).get().update_time == before.update_time
+
+    def test_a_late_duplicate_is_answered_from_one_read(self, db: firestore.Client) -> None:
+        """An event older than the redelivery age is read first: a duplicate costs one RPC."""
+        from tests.support import count_rpcs
+
+        ledger = EventLedger(db, settings())
+        received = event(created=int(datetime.now(UTC).timestamp()) - 3600)
+        deliver(db, ledger, counting_registry(), received)
+        counter = count_rpcs(db)
+        assert deliver(db, ledger, counting_registry(), received).outcome is Outcome.DUPLICATE
+        assert dict(counter.calls) == {"BatchGetDocuments": 1}
+
+    @pytest.mark.parametrize("status", ["completed", "ignored", "dead"])
+    def test_settled_statuses_are_never_reprocessed(
+        self, db: firestore.Client, status: str
+    ) -> None:
+        ledger = EventLedger(db, settings())
+        received = event()
+        ledger.ref(received.id).set({"status": status, "attempts": 1})
+        assert deliver(db, ledger, counting_registry(), received).outcome is Outcome.DUPLICATE
+        assert effects(db, received.id) == 0
+
+
+class TestFailures:
+    def test_a_failing_handler_applies_nothing_and_is_retried(self, db: firestore.Client) -> None:
+        """A handler that raises: `failed` with the error, none of its writes; once the fault
+        is gone, the redelivery completes with the effect once."""
+        faulty = {"on": True}
+        registry = counting_registry(fail=lambda ctx: faulty["on"])
+        ledger = EventLedger(db, settings())
+        received = event()
+        first = deliver(db, ledger, registry, received)
+        assert first.outcome is Outcome.FAILED
+        record = ledger.ref(received.id).get().to_dict()
+        assert record is not None
+        assert record["status"] == "failed"
+        assert record["attempts"] == 1
+        assert record["last_error"].startswith("RuntimeError: handler fault (in ")
+        assert effects(db, received.id) == 0
+
+        faulty["on"] = False
+        assert deliver(db, ledger, registry, received).outcome is Outcome.COMPLETED
+        record = ledger.ref(received.id).get().to_dict()
+        assert record is not None
+        assert (record["status"], record["attempts"]) == ("completed", 2)
+        assert effects(db, received.id) == 1
+
+    def test_dead_lettered_after_max_attempts(self, db: firestore.Client) -> None:
+        """The failure on attempt STRIPE_MAX_ATTEMPTS is `dead`; later deliveries run nothing."""
+        registry = counting_registry(fail=lambda ctx: True)
+        ledger = EventLedger(db, settings(max_attempts=3))
+        received = event()
+        outcomes = [deliver(db, ledger, registry, received).outcome for _ in range(4)]
+        assert outcomes == [Outcome.FAILED, Outcome.FAILED, Outcome.DEAD, Outcome.DUPLICATE]
+        record = ledger.ref(received.id).get().to_dict()
+        assert record is not None
+        assert (record["status"], record["attempts"]) == ("dead", 3)
+        assert effects(db, received.id) == 0
+
+
+class TestLease:
+    def test_a_live_lease_answers_in_flight(self, db: firestore.Client) -> None:
+        clock = Clock()
+        ledger = EventLedger(db, settings(lease_seconds=60), clock)
+        received = event()
+        claim = ledger.claim(received, handled=True)
+        clock.advance(20)
+        settled = ledger.claim(received, handled=True)
+        assert isinstance(claim, Claim)
+        assert claim.attempt == 1
+        assert isinstance(settled, Settled)
+        assert (settled.outcome, settled.retry_after) == (Outcome.IN_FLIGHT, 40)
+
+    def test_an_expired_lease_is_taken_over(self, db: firestore.Client) -> None:
+        """A claim left by a crashed delivery is taken over once its lease expires."""
+        clock = Clock()
+        ledger = EventLedger(db, settings(lease_seconds=60), clock)
+        received = event()
+        ledger.claim(received, handled=True)  # ... and the delivery crashes
+        clock.advance(61)
+        assert deliver(db, ledger, counting_registry(), received).outcome is Outcome.COMPLETED
+        record = ledger.ref(received.id).get().to_dict()
+        assert record is not None
+        assert (record["status"], record["attempts"]) == ("completed", 2)
+        assert "attempt 1 did not finish within its lease" in record["last_error"]
+        assert effects(db, received.id) == 1
+
+    def test_a_crash_loop_is_dead_lettered(self, db: firestore.Client) -> None:
+        """An event whose every attempt crashes the process is dead-lettered, not retried
+        forever."""
+        clock = Clock()
+        ledger = EventLedger(db, settings(lease_seconds=60, max_attempts=2), clock)
+        received = event()
+        for _ in range(2):
+            ledger.claim(received, handled=True)
+            clock.advance(61)
+        settled = ledger.claim(received, handled=True)
+        assert isinstance(settled, Settled)
+        assert settled.outcome is Outcome.DEAD
+        assert ledger.ref(received.id).get().get("status") == Status.DEAD
+
+
+class TestInterleavings:
+    """Two deliveries of one event, over every interleaving of their syncpoints."""
+
+    def _run(
+        self,
+        db: firestore.Client,
+        clocks: tuple[Clock, Clock],
+        redelivery_ages: tuple[int, int],
+        fail: Callable[[HandlerContext], bool] = lambda ctx: False,
+    ) -> list[tuple[str, list[Outcome | str]]]:
+        registry = counting_registry(fail)
+        base = event().data
+        results: dict[int, list[Outcome | str]] = {}
+        ids: dict[int, str] = {}
+
+        def delivery(position: int) -> Callable[[], None]:
+            scenarios = itertools.count()
+            ledger = EventLedger(
+                db, settings(redelivery_age_seconds=redelivery_ages[position]), clocks[position]
+            )
+
+            def run() -> None:
+                scenario = next(scenarios)  # each delivery runs once per interleaving
+                ids[scenario] = f"{base['id']}x{scenario}"
+                received = parse_event(json.dumps(base | {"id": ids[scenario]}))
+                try:
+                    outcome: Outcome | str = deliver(db, ledger, registry, received).outcome
+                except LedgerUnavailable:
+                    outcome = "unavailable"
+                results.setdefault(scenario, []).append(outcome)
+
+            return run
+
+        counts = orchestrate(delivery(0), delivery(1), name="ledger")
+        assert min(counts) >= 2, counts  # both deliveries really stopped at syncpoints
+        return [(ids[n], results[n]) for n in sorted(results)]
+
+    def test_concurrent_duplicates_apply_the_event_once(self, db: firestore.Client) -> None:
+        """Whatever the interleaving: one delivery completes, the other sees it in flight or
+        done, and the effect is applied exactly once."""
+        scenarios = self._run(db, (Clock(), Clock()), redelivery_ages=(10**6, 10**6))
+        assert len(scenarios) > 10
+        for event_id, outcomes in scenarios:
+            assert sorted(str(o) for o in outcomes) in (
+                ["Outcome.COMPLETED", "Outcome.DUPLICATE"],
+                ["Outcome.COMPLETED", "Outcome.IN_FLIGHT"],
+            ), (event_id, outcomes)
+            assert effects(db, event_id) == 1, event_id
+            assert EventLedger(db, settings()).ref(event_id).get().get("status") == "completed"
+
+    def test_a_failure_record_never_overwrites_a_takeovers_success(
+        self, db: firestore.Client
+    ) -> None:
+        """The first delivery's handler fails while the second one (its clock two minutes
+        ahead, so it sees the first lease as expired) takes the event over and succeeds.
+        The failure is recorded by a write outside the transaction, conditional on the
+        claim: in no interleaving does it overwrite the takeover's `completed`, and the
+        effect is applied once whenever the event completed."""
+        now = datetime.now(UTC)
+        scenarios = self._run(
+            db,
+            (Clock(now), Clock(now + timedelta(minutes=2))),
+            redelivery_ages=(10**6, 0),
+            fail=lambda ctx: ctx.attempt == 1,
+        )
+        assert len(scenarios) > 10
+        for event_id, outcomes in scenarios:
+            status = EventLedger(db, settings()).ref(event_id).get().get("status")
+            if Outcome.COMPLETED in outcomes:
+                assert status == "completed", (event_id, outcomes)
+                assert effects(db, event_id) == 1
+            else:
+                assert status == "failed", (event_id, outcomes)
+                assert effects(db, event_id) == 0
+
+
+def test_a_slow_holder_cannot_commit_after_a_takeover(db: firestore.Client) -> None:
+    """A delivery whose lease expired while it worked finds, at commit, that another delivery
+    took the event over and completed it: its transaction fails as a whole, it answers
+    in-flight, and the event's effect stays applied once."""
+    now = datetime.now(UTC)
+    registry = counting_registry()
+    slow = EventLedger(db, settings(), Clock(now))
+    late = EventLedger(db, settings(), Clock(now + timedelta(minutes=2)))
+    received = event()
+    claim = slow.claim(received, handled=True)
+    assert isinstance(claim, Claim)
+    assert deliver(db, late, registry, received).outcome is Outcome.COMPLETED
+    delivery = process_claimed(received, claim, db=db, ledger=slow, registry=registry)
+    assert delivery.outcome is Outcome.IN_FLIGHT
+    assert effects(db, received.id) == 1
+    record = slow.ref(received.id).get().to_dict()
+    assert record is not None
+    assert (record["status"], record["attempts"]) == ("completed", 2)
