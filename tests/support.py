@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from google.cloud.firestore_v1.services.firestore.transports import grpc as gapi
 from test_utils.retry import RetryErrors
 
 ROOT = Path(__file__).resolve().parent.parent
+_quiet = logging.getLogger("tests.retry")
 FIXTURES = ROOT / "tests" / "fixtures" / "stripe-events"
 
 SECRET = "whsec_test_primary_0123456789abcdef"
@@ -156,7 +158,7 @@ class FunctionServer:
                 start_new_session=True,
             )
 
-        @RetryErrors(requests.ConnectionError, max_tries=12, delay=0.25, backoff=1.5)
+        @RetryErrors(requests.ConnectionError, max_tries=12, delay=0.25, backoff=1.5, logger=_quiet)
         def wait_ready() -> None:
             assert self.process is not None
             if self.process.poll() is not None:

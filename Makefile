@@ -1,0 +1,49 @@
+# Everything a developer or CI runs. `make run` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+EMULATOR_PORT ?= 8086
+PORT ?= 8080
+
+.PHONY: install run test lint requirements bench clean
+
+$(STAMP): pyproject.toml requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt -e '.[dev]'
+	touch $(STAMP)
+
+# checkov lives in its own environment: it pins a python-hcl2 that conflicts with ours.
+$(CHECKOV_STAMP):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==3.3.30'
+	touch $(CHECKOV_STAMP)
+
+install: $(STAMP) $(CHECKOV_STAMP)
+
+## Serve the function on http://localhost:$(PORT)/ against its own Firestore emulator.
+run: $(STAMP)
+	STRIPE_WEBHOOK_SECRET=$${STRIPE_WEBHOOK_SECRET:-whsec_local_development_only} \
+	$(BIN)/python -m stripe_ledger.emulator --port $(EMULATOR_PORT) -- \
+		$(BIN)/functions-framework --target=stripe_webhook --port=$(PORT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## The whole suite: lint, types, and every test (the harness starts the emulator itself).
+test: install lint
+	$(BIN)/pytest
+
+## Re-pin requirements.txt (what Cloud Functions installs) from pyproject.toml.
+requirements: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.12 --universal \
+		--custom-compile-command "make requirements" -o requirements.txt
+
+clean:
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache

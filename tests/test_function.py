@@ -1,0 +1,413 @@
+"""The HTTP contract, end to end: real HTTP to the function served by functions-framework
+(gunicorn, several threads), against the emulator."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from google.cloud import firestore
+
+from tests.support import (
+    SECOND_SECRET,
+    SECRET,
+    UNKNOWN_SECRET,
+    FunctionServer,
+    fixture_files,
+    load_fixture,
+    make_event,
+    sign,
+)
+
+pytestmark = [pytest.mark.emulator, pytest.mark.e2e]
+
+MAX_ATTEMPTS = 3
+
+
+def server_env(project: str, **overrides: str) -> dict[str, str]:
+    return {
+        "GOOGLE_CLOUD_PROJECT": project,
+        "STRIPE_WEBHOOK_SECRET": f"{SECRET},{SECOND_SECRET}",
+        "STRIPE_HANDLER_MODULES": "tests.handlers_for_tests",
+        "STRIPE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
+        "STRIPE_LEASE_SECONDS": "2",
+        **overrides,
+    }
+
+
+@pytest.fixture
+def server(project: str) -> Iterator[FunctionServer]:
+    function = FunctionServer(server_env(project)).start()
+    yield function
+    function.stop()
+
+
+def record(db: firestore.Client, event_id: str) -> dict[str, Any] | None:
+    return db.collection("stripe_events").document(event_id).get().to_dict()
+
+
+def effects(db: firestore.Client, event_id: str) -> int:
+    snapshot = db.collection("test_effects").document(event_id).get()
+    return int(snapshot.get("count")) if snapshot.exists else 0
+
+
+def nothing_written(db: firestore.Client) -> bool:
+    return not list(db.collection("stripe_events").limit(1).stream())
+
+
+class TestDelivery:
+    def test_new_event_completes_with_its_effect(
+        self, server: FunctionServer, db: firestore.Client
+    ) -> None:
+        event = make_event("test.counter")
+        response = server.post(event)
+        assert response.status_code == 200
+        assert response.json() == {"status": "completed", "event_id": event["id"]}
+        stored = record(db, event["id"])
+        assert stored is not None
+        assert (stored["status"], stored["attempts"]) == ("completed", 1)
+        assert effects(db, event["id"]) == 1
+
+    def test_either_configured_secret_verifies(
+        self, server: FunctionServer, db: firestore.Client
+    ) -> None:
+        """With two secrets configured (rotation, or a Connect endpoint), both verify."""
+        for secret in (SECRET, SECOND_SECRET):
+            event = make_event("test.counter")
+            assert server.post(event, secret=secret).status_code == 200
+            assert effects(db, event["id"]) == 1
+
+    def test_duplicate_runs_no_handler(self, server: FunctionServer, db: firestore.Client) -> None:
+        event = make_event("test.counter")
+        assert server.post(event).status_code == 200
+        before = db.collection("stripe_events").document(event["id"]).get().update_time
+        response = server.post(event)
+        assert response.status_code == 200
+        assert response.json()["status"] == "duplicate"
+        assert effects(db, event["id"]) == 1
+        assert db.collection("stripe_events").document(event["id"]).get().update_time == before
+
+    @pytest.mark.parametrize("event_type", ["invoice.upcoming", "nobody.handles.this"])
+    def test_objects_without_id_and_unknown_types_are_recorded(
+        self, server: FunctionServer, db: firestore.Client, event_type: str
+    ) -> None:
+        """invoice.upcoming (whose object has no id) and a type without handlers: 200, recorded."""
+        event = make_event(event_type, {"object": "invoice", "amount_due": 100})
+        response = server.post(event)
+        assert response.status_code == 200
+        stored = record(db, event["id"])
+        assert stored is not None
+        assert stored["status"] == "ignored"
+        assert stored["object_id"] is None
+
+    def test_every_captured_stripe_event_is_accepted(
+        self, server: FunctionServer, db: firestore.Client
+    ) -> None:
+        """Every real payload in tests/fixtures/stripe-events, with a fresh ID, gets a 2xx."""
+        files = fixture_files()
+        assert len(files) >= 120
+        for path in files:
+            event = load_fixture(path)
+            response = server.post(event)
+            assert response.ok, (path.name, response.status_code, response.text)
+            stored = record(db, event["id"])
+            assert stored is not None
+            assert stored["status"] in ("completed", "ignored"), path.name
+
+
+class TestFailures:
+    def test_failing_handler_then_fixed(
+        self, server: FunctionServer, db: firestore.Client, tmp_path: Path
+    ) -> None:
+        """A handler that raises: 500, `failed` with the error, none of its writes; once the
+        fault is gone, Stripe's redelivery completes it with its effect once."""
+        fault = tmp_path / "fault"
+        fault.touch()
+        event = make_event("test.counter", {"id": "obj_1", "fail_while_exists": str(fault)})
+        response = server.post(event)
+        assert response.status_code == 500
+        stored = record(db, event["id"])
+        assert stored is not None
+        assert (stored["status"], stored["attempts"]) == ("failed", 1)
+        assert stored["last_error"].startswith("RuntimeError: injected fault")
+        assert effects(db, event["id"]) == 0
+
+        fault.unlink()
+        assert server.post(event).status_code == 200
+        stored = record(db, event["id"])
+        assert stored is not None
+        assert (stored["status"], stored["attempts"]) == ("completed", 2)
+        assert effects(db, event["id"]) == 1
+
+    def test_dead_lettered_on_the_last_attempt(
+        self, server: FunctionServer, db: firestore.Client, tmp_path: Path
+    ) -> None:
+        """The failure on attempt STRIPE_MAX_ATTEMPTS answers 200 (Stripe stops), is `dead`,
+        and an ERROR line says so."""
+        fault = tmp_path / "fault"
+        fault.touch()
+        event = make_event("test.counter", {"id": "obj_1", "fail_while_exists": str(fault)})
+        statuses = [server.post(event).status_code for _ in range(MAX_ATTEMPTS + 1)]
+        assert statuses == [500] * (MAX_ATTEMPTS - 1) + [200, 200]
+        stored = record(db, event["id"])
+        assert stored is not None
+        assert (stored["status"], stored["attempts"]) == ("dead", MAX_ATTEMPTS)
+        assert effects(db, event["id"]) == 0
+        dead_lines = [
+            entry
+            for entry in server.log_entries()
+            if entry.get("event_id") == event["id"] and entry.get("status") == "dead"
+        ]
+        assert len(dead_lines) == 1
+        assert dead_lines[0]["severity"] == "ERROR"
+        assert "dead-lettered" in dead_lines[0]["message"]
+
+    def test_firestore_unreachable_answers_503(self, project: str) -> None:
+        """Firestore unreachable: 503 (Stripe retries) within the documented bound."""
+        from stripe_ledger.emulator import free_port
+
+        env = server_env(
+            project,
+            FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}",
+            STRIPE_FIRESTORE_TIMEOUT_SECONDS="2",
+        )
+        function = FunctionServer(env).start()
+        try:
+            started = time.monotonic()
+            response = function.post(make_event("test.counter"))
+            elapsed = time.monotonic() - started
+        finally:
+            function.stop()
+        assert response.status_code == 503
+        assert response.headers["Retry-After"]
+        assert elapsed < 10
+
+
+class TestRejections:
+    """Bad requests get a clear error and write nothing."""
+
+    def _post(self, server: FunctionServer, body: bytes, headers: dict[str, str]) -> Any:
+        return requests.post(server.url, data=body, headers=headers, timeout=10)
+
+    @pytest.mark.parametrize(
+        ("header", "message"),
+        [
+            (None, "missing Stripe-Signature"),
+            ("t=abc,v1=", "Unable to extract timestamp and signatures"),
+            ("garbage", "Unable to extract timestamp and signatures"),
+            ("t=123,v0=deadbeef", "No signatures found with expected scheme"),
+        ],
+    )
+    def test_missing_or_unparseable_signature(
+        self, server: FunctionServer, db: firestore.Client, header: str | None, message: str
+    ) -> None:
+        body = json.dumps(make_event("test.counter")).encode()
+        headers = {"Stripe-Signature": header} if header else {}
+        response = self._post(server, body, headers)
+        assert response.status_code == 400
+        assert message in response.json()["error"]
+        assert nothing_written(db)
+
+    def test_signed_with_an_unknown_secret(
+        self, server: FunctionServer, db: firestore.Client
+    ) -> None:
+        response = server.post(make_event("test.counter"), secret=UNKNOWN_SECRET)
+        assert response.status_code == 400
+        assert "No signatures found matching" in response.json()["error"]
+        assert nothing_written(db)
+
+    def test_stale_timestamp(self, server: FunctionServer, db: firestore.Client) -> None:
+        payload = json.dumps(make_event("test.counter"))
+        header = sign(payload, timestamp=int(time.time()) - 301)
+        response = self._post(server, payload.encode(), {"Stripe-Signature": header})
+        assert response.status_code == 400
+        assert "older than 300 s" in response.json()["error"]
+        assert nothing_written(db)
+
+    @pytest.mark.parametrize(
+        ("payload", "message"),
+        [
+            ("not json at all", "not JSON"),
+            ('{"id": "evt_1", "type": "x"}', "no data.object"),
+            ('{"type": "x", "data": {"object": {}}, "created": 1}', "no valid id"),
+            ("[1, 2]", "not a JSON object"),
+        ],
+    )
+    def test_validly_signed_garbage(
+        self, server: FunctionServer, db: firestore.Client, payload: str, message: str
+    ) -> None:
+        response = self._post(server, payload.encode(), {"Stripe-Signature": sign(payload)})
+        assert response.status_code == 400
+        assert message in response.json()["error"]
+        assert nothing_written(db)
+
+    def test_body_over_one_mib(self, server: FunctionServer, db: firestore.Client) -> None:
+        payload = json.dumps(make_event("test.counter", {"id": "o", "blob": "x" * 1_100_000}))
+        response = server.post(payload)
+        assert response.status_code == 413
+        assert nothing_written(db)
+
+    def test_chunked_body_over_one_mib(self, server: FunctionServer, db: firestore.Client) -> None:
+        """A body sent without Content-Length is cut off at the limit, not read whole."""
+        chunks = (b"x" * 65536 for _ in range(20))
+        response = requests.post(
+            server.url, data=chunks, headers={"Stripe-Signature": "t=1,v1=00"}, timeout=10
+        )
+        assert response.status_code == 413
+        assert nothing_written(db)
+
+    @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+    def test_other_methods(self, server: FunctionServer, db: firestore.Client, method: str) -> None:
+        response = requests.request(method, server.url, timeout=10)
+        assert response.status_code == 405
+        assert response.headers["Allow"] == "POST"
+        assert nothing_written(db)
+
+
+class TestMisconfiguration:
+    @pytest.mark.parametrize(
+        ("overrides", "message"),
+        [
+            ({"STRIPE_WEBHOOK_SECRET": ""}, "STRIPE_WEBHOOK_SECRET is unset or empty"),
+            ({"STRIPE_HANDLER_MODULES": "tests.no_such_module"}, "failed to import"),
+        ],
+    )
+    def test_every_request_gets_500_and_a_critical_line(
+        self, project: str, db: firestore.Client, overrides: dict[str, str], message: str
+    ) -> None:
+        function = FunctionServer(server_env(project, **overrides)).start()
+        try:
+            responses = [function.post(make_event("test.counter")) for _ in range(2)]
+            responses.append(requests.get(function.url, timeout=10))
+        finally:
+            function.stop()
+        assert [r.status_code for r in responses] == [500, 500, 500]
+        entries = list(function.log_entries())  # our requests, and the readiness probe's
+        assert len(entries) >= 3
+        assert all(e["severity"] == "CRITICAL" and message in e["message"] for e in entries)
+        assert nothing_written(db)
+
+
+class TestConcurrency:
+    def test_each_event_once_under_concurrent_duplicates(
+        self, project: str, db: firestore.Client
+    ) -> None:
+        """24 events, each delivered 6 times at once through real HTTP (gunicorn, 8 threads):
+        each event completes with its effect applied exactly once. A delivery that finds the
+        event in flight gets a 409 and is retried as Stripe would."""
+        function = FunctionServer(server_env(project), threads=8).start()
+        events = [make_event("test.counter", {"id": f"obj_{n}", "sleep": 0.2}) for n in range(24)]
+        first_answers: list[int] = []
+        lock = threading.Lock()
+
+        def deliver(event: dict[str, Any]) -> None:
+            response = function.post(event)
+            with lock:
+                first_answers.append(response.status_code)
+            if not response.ok:
+                function.deliver_until_settled(event)
+
+        try:
+            with ThreadPoolExecutor(max_workers=48) as pool:
+                list(pool.map(deliver, [e for e in events for _ in range(6)]))
+        finally:
+            function.stop()
+        assert set(first_answers) <= {200, 409}
+        assert first_answers.count(409) > 0  # the duplicates really were concurrent
+        for event in events:
+            stored = record(db, event["id"])
+            assert stored is not None
+            assert stored["status"] == "completed"
+            assert effects(db, event["id"]) == 1
+
+
+class TestCrash:
+    def test_sigkill_inside_the_transaction(
+        self, project: str, db: firestore.Client, tmp_path: Path
+    ) -> None:
+        """The serving process is killed while a handler is inside its transaction; after a
+        restart, Stripe-style redelivery completes the event with its effect exactly once.
+
+        The killed transaction's read lock on the counter document is held by Firestore
+        until the transaction expires (about a minute, in production too): redeliveries
+        until then answer 503 and are retried.
+        """
+        marker = tmp_path / "inside-transaction"
+        event = make_event("test.counter", {"id": "obj_crash", "hang_marker": str(marker)})
+        function = FunctionServer(server_env(project)).start()
+        threading.Thread(target=lambda: _ignore_errors(function.post, event), daemon=True).start()
+        deadline = time.monotonic() + 20
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the handler never started"
+            time.sleep(0.05)
+        function.kill()
+        assert effects(db, event["id"]) == 0
+        stored = record(db, event["id"])
+        assert stored is not None
+        assert stored["status"] == "processing"
+
+        restarted = FunctionServer(server_env(project)).start()
+        healed = dict(event, data={"object": {"id": "obj_crash"}})  # same ID; no hang this time
+        try:
+            response = restarted.deliver_until_settled(healed, attempts=200, pause=0.5)
+        finally:
+            restarted.stop()
+        assert response.json()["status"] == "completed"
+        assert effects(db, event["id"]) == 1
+        stored = record(db, event["id"])
+        assert stored is not None
+        assert stored["status"] == "completed"
+        assert stored["attempts"] >= 2  # the killed attempt counted
+
+
+def _ignore_errors(function: Any, *args: Any) -> None:
+    with contextlib.suppress(requests.RequestException):
+        function(*args)
+
+
+def test_no_log_line_contains_a_payload_signature_or_secret(
+    project: str, db: firestore.Client, tmp_path: Path
+) -> None:
+    """Over deliveries of every kind (completed, duplicate, failed, rejected), no log line
+    contains the body, a signature header or a secret; every line is JSON."""
+    function = FunctionServer(server_env(project)).start()
+    fault = tmp_path / "fault"
+    fault.touch()
+    sent: list[str] = []
+    try:
+        for event in (
+            make_event("test.counter", {"id": "o1", "marker": "PAYLOAD-MARKER-1"}),
+            make_event("test.counter", {"id": "o2", "fail_while_exists": str(fault)}),
+            make_event("customer.updated", {"id": "cus_1", "email": "someone@example.com"}),
+        ):
+            payload = json.dumps(event)
+            sent.append(payload)
+            for _ in range(2):
+                header = sign(payload)
+                sent.append(header)
+                requests.post(
+                    function.url, data=payload, headers={"Stripe-Signature": header}, timeout=10
+                )
+        bad = sign("other", UNKNOWN_SECRET)
+        sent.append(bad)
+        requests.post(function.url, data=sent[0], headers={"Stripe-Signature": bad}, timeout=10)
+    finally:
+        function.stop()
+    text = function.log_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) >= 7
+    for line in lines:
+        json.loads(line)
+    for forbidden in [*sent, SECRET, SECOND_SECRET, "PAYLOAD-MARKER-1", "someone@example.com"]:
+        assert forbidden not in text
+    for header in sent[1:]:
+        if header.startswith("t="):
+            assert header.split(",v1=")[1] not in text
