@@ -45,5 +45,9 @@ requirements: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --python-version 3.12 --universal \
 		--custom-compile-command "make requirements" -o requirements.txt
 
+## The benchmark: prints a table, writes bench/out/results.json and bench/out/latency.png.
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache
