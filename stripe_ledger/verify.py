@@ -21,6 +21,7 @@ __all__ = ["VerifiedEvent", "parse_event", "verify_event", "verify_signature"]
 # characters Firestore forbids in document IDs ("/", "__x__", "..") out of the ledger's keys.
 _EVENT_ID = re.compile(r"^evt_[A-Za-z0-9_]{1,250}$")
 _EVENT_TYPE = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+_MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z, the last second a timestamp can hold
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ def parse_event(payload: str) -> VerifiedEvent:
     """Parse a verified body; raise `InvalidEvent` unless it is a Stripe event we can key."""
     try:
         data = json.loads(payload)
+    except RecursionError:
+        raise InvalidEvent("body is nested too deeply") from None
     except ValueError:
         raise InvalidEvent("body is not JSON") from None
     if not isinstance(data, dict):
@@ -123,7 +126,7 @@ def parse_event(payload: str) -> VerifiedEvent:
     if not isinstance(inner, dict) or not isinstance(inner.get("object"), dict):
         raise InvalidEvent("event has no data.object")
     created = data.get("created")
-    if not isinstance(created, int) or isinstance(created, bool) or created < 0:
+    if not isinstance(created, int) or isinstance(created, bool) or not 0 <= created <= _MAX_TIME:
         raise InvalidEvent("event has no valid created timestamp")
     try:
         event = stripe.Event.construct_from(data, None)

@@ -112,6 +112,11 @@ class TestParse:
         with pytest.raises(InvalidEvent, match="no valid id"):
             parse_event(json.dumps(make_event("x.y", event_id="evt_x") | {"id": event_id}))
 
+    def test_deeply_nested_body(self) -> None:
+        """A body nested deeper than the parser can follow is refused, not a crash."""
+        with pytest.raises(InvalidEvent, match="nested too deeply"):
+            parse_event("[" * 100_000 + "]" * 100_000)
+
     def test_missing_type(self) -> None:
         event = make_event("x.y")
         del event["type"]
@@ -124,7 +129,7 @@ class TestParse:
         with pytest.raises(InvalidEvent, match=r"no data\.object"):
             parse_event(json.dumps(event))
 
-    @pytest.mark.parametrize("created", [None, "yesterday", -1, True])
+    @pytest.mark.parametrize("created", [None, "yesterday", -1, True, 10**20])
     def test_invalid_created(self, created: object) -> None:
         with pytest.raises(InvalidEvent, match="created"):
             parse_event(json.dumps(make_event("x.y") | {"created": created}))
