@@ -69,7 +69,8 @@ def process_event(
     Firestore lets us). `reclaim` and `note` are passed to `EventLedger.claim` (replays use
     them); live deliveries keep the defaults.
     """
-    registrations = registry.handlers_for(received.type)
+    # Decided before the claim: an event no handler applies to is recorded `ignored`.
+    registrations = registry.applicable(received)
     try:
         claim = ledger.claim(received, handled=bool(registrations), reclaim=reclaim, note=note)
     except _UNAVAILABLE as error:
@@ -96,7 +97,7 @@ def process_claimed(
 ) -> Delivery:
     """Run the handlers of an event this delivery has claimed, in one transaction with the
     record's completion; on failure, record it (see `process_event`)."""
-    registrations = registry.handlers_for(received.type)
+    registrations = registry.applicable(received)
     try:
         _run_transaction(received, claim, db, ledger, registrations)  # pragma: SYNCPOINT ledger
     except Exception as error:  # noqa: BLE001 - every failure is classified below

@@ -13,14 +13,27 @@ if TYPE_CHECKING:
     from google.cloud.firestore import DocumentReference
 
     from stripe_ledger.context import HandlerContext
+    from stripe_ledger.verify import VerifiedEvent
 
-__all__ = ["Handler", "HandlerRegistry", "Reads", "Registration", "import_handler_modules"]
+__all__ = [
+    "Applies",
+    "Handler",
+    "HandlerRegistry",
+    "Reads",
+    "Registration",
+    "import_handler_modules",
+]
 
 Handler = Callable[["HandlerContext"], None]
 """A handler: reads and writes through `ctx`, returns nothing, raises to fail the event."""
 
 Reads = Callable[["HandlerContext"], Iterable["DocumentReference"]]
 """Names the documents a handler will read, so that all of them are fetched in one batch."""
+
+Applies = Callable[["VerifiedEvent"], bool]
+"""Whether a handler applies to one event of a type it is registered for (e.g. only to
+objects with an ID). Decided before the event is claimed, so it must be a pure function of
+the event: an event no handler applies to is recorded `ignored`."""
 
 H = TypeVar("H", bound=Handler)
 
@@ -33,6 +46,11 @@ class Registration:
     name: str
     handler: Handler
     reads: Reads | None = None
+    when: Applies | None = None
+
+    def applies_to(self, received: VerifiedEvent) -> bool:
+        """Whether this handler runs for `received` (its type already matched)."""
+        return self.when is None or self.when(received)
 
 
 class HandlerRegistry:
@@ -42,11 +60,14 @@ class HandlerRegistry:
         self._registrations: list[Registration] = []
         self._cache: dict[str, tuple[Registration, ...]] = {}
 
-    def on(self, *event_types: str, reads: Reads | None = None) -> Callable[[H], H]:
+    def on(
+        self, *event_types: str, reads: Reads | None = None, when: Applies | None = None
+    ) -> Callable[[H], H]:
         """Register the decorated function for `event_types`; return it unchanged.
 
         `reads`, if given, returns the documents the handler will read with `ctx.get`; they
         are fetched together with every other handler's before the first handler runs.
+        `when`, if given, narrows the events of those types the handler applies to.
         """
         if not event_types:
             raise TypeError("on() needs at least one event type")
@@ -59,7 +80,7 @@ class HandlerRegistry:
         def register(handler: H) -> H:
             name = f"{handler.__module__}.{handler.__qualname__}"
             for pattern in event_types:
-                self._registrations.append(Registration(pattern, name, handler, reads))
+                self._registrations.append(Registration(pattern, name, handler, reads, when))
             self._cache.clear()
             return handler
 
@@ -77,6 +98,10 @@ class HandlerRegistry:
                     matches.append(registration)
             cached = self._cache[event_type] = tuple(matches)
         return cached
+
+    def applicable(self, received: VerifiedEvent) -> tuple[Registration, ...]:
+        """The registrations that run for `received`: matching its type, and its `when`."""
+        return tuple(r for r in self.handlers_for(received.type) if r.applies_to(received))
 
     def patterns(self) -> list[str]:
         """Every registered pattern, in registration order, without repeats."""
