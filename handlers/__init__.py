@@ -19,4 +19,15 @@ __all__ = ["BUILTIN_MODULES", "on", "registry"]
 registry = HandlerRegistry()
 on = registry.on
 
-BUILTIN_MODULES: tuple[str, ...] = ("handlers.payment_intents",)
+BUILTIN_MODULES: tuple[str, ...] = (
+    "handlers.customers",
+    "handlers.subscriptions",
+    "handlers.invoices",
+    "handlers.payment_intents",
+    "handlers.charges",
+    "handlers.refunds",
+    "handlers.disputes",
+    "handlers.checkout",
+    "handlers.catalog",
+)
+"""The built-in projections (see docs/projections.md): one module per Stripe object family."""

@@ -1,48 +1,108 @@
 """Projections: one Firestore document per Stripe object, kept at the newest state seen.
 
 Stripe delivers events late, twice and out of order, so a projection is written only by an
-event that *orders after* the one that last wrote it. The order is a total order on
-`(deleted, created, rank, event id)`:
+event that *orders after* the one that last wrote it. Every event's state has a place in a
+total order on `(deleted, created, rank, event id)`:
 
-1. a deletion is final: once a document is marked deleted, no other event rewrites it;
-2. a newer `created` wins (Stripe's one-second resolution);
-3. within the same second, the state further along the object's lifecycle wins (`rank`,
-   e.g. a subscription's `canceled` over `active` over `incomplete`);
-4. what is left (same second, same rank) goes to the larger event ID, so the result never
-   depends on arrival order.
+1. a deletion is final: a document marked deleted is only ever replaced by another deletion
+   that orders after it, never resurrected by a late update;
+2. a newer `created` wins (Stripe's timestamps have one-second resolution);
+3. within the same second, the state further along the object's lifecycle wins (`rank`: the
+   stage of `status`, e.g. a subscription's `canceled` over `past_due` over `active`, then
+   counters that only grow, e.g. a charge's `amount_refunded`);
+4. what is left (same second, same rank) goes to the larger event ID.
 
-The document holds the projected fields at top level under Stripe's names, plus `livemode`,
-`account`, `last_event_id`, `last_event_created`, and the whole object under `object`.
+The document therefore always holds the state of the greatest event delivered so far, which
+does not depend on the order of delivery, and an event that does not order after the stored
+state (a late or older event, or a replay) writes nothing. Each document holds the projected
+fields at top level under Stripe's names (null where the object lacks them), plus `livemode`,
+`account`, `last_event_id`, `last_event_created`, and the whole object under `object`; the
+rank of a stored state is computed again from its `object`.
+
+A projection reads its document through the event's transaction (declared with `reads=`, so
+it is fetched in the one batched read before any handler runs) and writes in the same
+transaction, so concurrent events for one object serialise on the document instead of
+overwriting each other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from google.cloud import firestore
 
 from handlers import on
 from stripe_ledger.context import HandlerContext
+from stripe_ledger.verify import VerifiedEvent
 
-__all__ = ["Projection", "lifecycle", "register_projection"]
+__all__ = [
+    "Fields",
+    "Projection",
+    "Rank",
+    "counters",
+    "has_projectable_id",
+    "lifecycle",
+    "reference",
+    "register_projection",
+]
 
 Fields = Callable[[Mapping[str, Any]], dict[str, Any]]
+"""The projected fields of a Stripe object, under Stripe's names."""
+
 Rank = Callable[[Mapping[str, Any]], tuple[int, ...]]
+"""How far along its lifecycle a Stripe object is; only compared within one second."""
 
 
 def lifecycle(*stages: str | tuple[str, ...], key: str = "status") -> Rank:
-    """A rank from lifecycle stages in order; a tuple is one stage of equal states."""
+    """A rank from the stages of `key` in lifecycle order; a tuple is one stage of equals.
+
+    Values not listed (new ones Stripe may add) rank below every listed stage.
+    """
     ranks = {}
     for position, stage in enumerate(stages, start=1):
         for state in (stage,) if isinstance(stage, str) else stage:
             ranks[state] = position
-    return lambda fields: (ranks.get(fields.get(key) or "", 0),)
+
+    def rank(obj: Mapping[str, Any]) -> tuple[int, ...]:
+        value = obj.get(key)
+        return (ranks.get(value, 0) if isinstance(value, str) else 0,)
+
+    return rank
 
 
-def _no_rank(fields: Mapping[str, Any]) -> tuple[int, ...]:
-    return ()
+def counters(*keys: str) -> Rank:
+    """A rank from fields that only grow over an object's life (amounts, flags, counts)."""
+
+    def rank(obj: Mapping[str, Any]) -> tuple[int, ...]:
+        values = (obj.get(key) for key in keys)
+        return tuple(int(value) if isinstance(value, int | float) else 0 for value in values)
+
+    return rank
+
+
+def reference(value: Any) -> str | None:
+    """The ID in an expandable field: the string itself, or the `id` of an expanded object."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return value if isinstance(value, str) else None
+
+
+def has_projectable_id(received: VerifiedEvent) -> bool:
+    """Whether the event's object has an ID usable as a Firestore document ID.
+
+    Objects without one (`invoice.upcoming`, some test fixtures) have nothing to project: no
+    projection applies to their events, which are therefore recorded `ignored`.
+    """
+    object_id = received.object_id
+    return (
+        object_id is not None
+        and 0 < len(object_id.encode()) <= 1500
+        and "/" not in object_id
+        and object_id not in (".", "..")
+        and not (object_id.startswith("__") and object_id.endswith("__"))
+    )
 
 
 @dataclass(frozen=True)
@@ -51,22 +111,25 @@ class Projection:
 
     collection: str
     fields: Fields
-    rank: Rank = field(default=_no_rank)
+    ranks: tuple[Rank, ...] = ()
     deleting: frozenset[str] = frozenset()
-    """Event types that mark the object deleted (`deleted: true` is always honoured too)."""
+    """Event types that delete the object. A projection with any also keeps a `deleted`
+    field, true after such an event or for an object that says `deleted: true`."""
 
-    def ref(self, ctx: HandlerContext) -> firestore.DocumentReference | None:
+    def ref(self, ctx: HandlerContext) -> firestore.DocumentReference:
+        """The document of the event's object."""
         object_id = ctx.received.object_id
-        if object_id is None:
-            return None
+        if object_id is None:  # registrations apply only to objects with an ID
+            raise ValueError(f"{ctx.event_type} has no object ID to project")
         return ctx.db.collection(self.collection).document(object_id)
 
-    def document(self, ctx: HandlerContext) -> dict[str, Any]:
+    def document(self, received: VerifiedEvent) -> dict[str, Any]:
         """The projection document this event would write."""
-        received, obj = ctx.received, ctx.object
+        obj = received.object
         document = self.fields(obj)
+        if self.deleting:
+            document["deleted"] = obj.get("deleted") is True or received.type in self.deleting
         document.update(
-            deleted=bool(obj.get("deleted")) or received.type in self.deleting,
             livemode=received.livemode,
             account=received.account,
             last_event_id=received.id,
@@ -75,40 +138,43 @@ class Projection:
         )
         return document
 
-    def order(self, document: Mapping[str, Any]) -> tuple[Any, ...]:
+    def rank(self, obj: Mapping[str, Any]) -> tuple[int, ...]:
+        """Where `obj` stands in its lifecycle (compared only within one second)."""
+        return tuple(value for rank in self.ranks for value in rank(obj))
+
+    def order(self, document: Mapping[str, Any]) -> tuple[bool, int, tuple[int, ...], str]:
         """Where the state in `document` stands in the projection's total order."""
+        obj = document.get("object")
         return (
-            bool(document.get("deleted")),
+            document.get("deleted") is True,
             int(document.get("last_event_created") or 0),
-            self.rank(document),
+            self.rank(obj if isinstance(obj, Mapping) else {}),
             str(document.get("last_event_id") or ""),
         )
 
     def apply(self, ctx: HandlerContext) -> None:
         """Write this event's state unless the document already holds a later one."""
         ref = self.ref(ctx)
-        if ref is None:  # objects without an ID (invoice.upcoming) have nothing to project
-            return
-        current = ctx.get(ref).to_dict()
-        document = self.document(ctx)
-        # An event that does not order after the current state (a replay, a late or older
-        # event) leaves the document untouched: no write, no regression.
-        if current is not None and (
-            current.get("deleted") or self.order(document) <= self.order(current)
-        ):
+        current = ctx.get(ref).to_dict()  # through the transaction: fetched in the batch
+        document = self.document(ctx.received)
+        # An event that does not order after the stored state (a late or older event, or a
+        # replay of the one that wrote it) would not change the document: no write at all.
+        if current is not None and self.order(document) <= self.order(current):
             return
         ctx.tx.set(ref, document)
 
 
 def register_projection(projection: Projection, *event_types: str) -> None:
-    """Register `projection` as the handler of `event_types`, with its read declared."""
+    """Register `projection` as the handler of `event_types`, with its read declared.
+
+    It applies only to events whose object has an ID, so the others are recorded `ignored`.
+    """
 
     def reads(ctx: HandlerContext) -> list[firestore.DocumentReference]:
-        ref = projection.ref(ctx)
-        return [] if ref is None else [ref]
+        return [projection.ref(ctx)]
 
     def project(ctx: HandlerContext) -> None:
         projection.apply(ctx)
 
     project.__qualname__ = f"project_{projection.collection}"
-    on(*event_types, reads=reads)(project)
+    on(*event_types, reads=reads, when=has_projectable_id)(project)

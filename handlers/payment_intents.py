@@ -1,6 +1,6 @@
 """`payment_intent.*` events keep `payments/{payment_intent.id}` current."""
 
-from handlers._projection import Projection, lifecycle, register_projection
+from handlers._projection import Projection, counters, lifecycle, reference, register_projection
 
 __all__ = ["PAYMENTS"]
 
@@ -11,15 +11,18 @@ PAYMENTS = Projection(
         "amount": obj.get("amount"),
         "amount_received": obj.get("amount_received"),
         "currency": obj.get("currency"),
-        "customer": obj.get("customer"),
+        "customer": reference(obj.get("customer")),
     },
-    rank=lifecycle(
-        "requires_payment_method",
-        "requires_confirmation",
-        "requires_action",
-        "processing",
-        "requires_capture",
-        ("succeeded", "canceled"),
+    ranks=(
+        lifecycle(
+            "requires_payment_method",
+            "requires_confirmation",
+            "requires_action",
+            "processing",
+            "requires_capture",
+            ("succeeded", "canceled"),
+        ),
+        counters("amount_received"),
     ),
 )
 

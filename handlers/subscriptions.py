@@ -1,0 +1,90 @@
+"""`customer.subscription.*` events keep `subscriptions/{subscription.id}` current.
+
+Subscriptions changed shape across API versions, and both shapes are read:
+- the billing period is on the subscription up to 2025-02-24.acacia, and on each of its items
+  from 2025-03-31.basil; with items whose periods differ, the earliest start and the earliest
+  end (the next renewal of any item) are projected;
+- prices are `items.data[].price`, or `items.data[].plan` (or a top-level `plan`) in old
+  versions;
+- `quantity` is top-level in old versions; otherwise the quantity of the only item, or null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from handlers._projection import Projection, lifecycle, reference, register_projection
+
+__all__ = ["SUBSCRIPTIONS", "subscription_fields"]
+
+
+def _items(obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    items = obj.get("items")
+    data = items.get("data") if isinstance(items, Mapping) else None
+    return [item for item in data if isinstance(item, Mapping)] if isinstance(data, list) else []
+
+
+def _price_ids(obj: Mapping[str, Any]) -> list[str]:
+    ids = [reference(item.get("price")) or reference(item.get("plan")) for item in _items(obj)]
+    if not _items(obj):  # API versions before subscription items had one top-level plan
+        ids = [reference(obj.get("plan"))]
+    return [price for price in ids if price is not None]
+
+
+def _quantity(obj: Mapping[str, Any]) -> Any:
+    if obj.get("quantity") is not None:
+        return obj["quantity"]
+    items = _items(obj)
+    return items[0].get("quantity") if len(items) == 1 else None
+
+
+def _period(obj: Mapping[str, Any], key: str) -> Any:
+    if obj.get(key) is not None:
+        return obj[key]
+    values = [item[key] for item in _items(obj) if isinstance(item.get(key), int)]
+    return min(values) if values else None
+
+
+def subscription_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The projected fields of a subscription, from any API version's shape."""
+    return {
+        "status": obj.get("status"),
+        "customer": reference(obj.get("customer")),
+        "price_ids": _price_ids(obj),
+        "quantity": _quantity(obj),
+        "current_period_start": _period(obj, "current_period_start"),
+        "current_period_end": _period(obj, "current_period_end"),
+        "cancel_at_period_end": obj.get("cancel_at_period_end"),
+        "cancel_at": obj.get("cancel_at"),
+        "canceled_at": obj.get("canceled_at"),
+        "trial_end": obj.get("trial_end"),
+    }
+
+
+SUBSCRIPTIONS = Projection(
+    collection="subscriptions",
+    fields=subscription_fields,
+    ranks=(
+        lifecycle(
+            "incomplete",
+            "trialing",
+            "active",
+            ("past_due", "unpaid", "paused"),
+            ("canceled", "incomplete_expired"),
+        ),
+    ),
+    deleting=frozenset({"customer.subscription.deleted"}),
+)
+
+register_projection(
+    SUBSCRIPTIONS,
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.subscription.paused",
+    "customer.subscription.resumed",
+    "customer.subscription.pending_update_applied",
+    "customer.subscription.pending_update_expired",
+    "customer.subscription.trial_will_end",
+)
