@@ -126,10 +126,17 @@ def count_rpcs(db: firestore.Client) -> RpcCounter:
 class FunctionServer:
     """`functions-framework --target=stripe_webhook` (gunicorn) in a subprocess, on a free port."""
 
-    def __init__(self, env: Mapping[str, str], threads: int = 8) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        threads: int = 8,
+        source: Path = ROOT / "main.py",
+        port: int | None = None,
+    ) -> None:
         from stripe_ledger.emulator import free_port
 
-        self.port = free_port()
+        self.source = source
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.env = {
             **os.environ,
@@ -144,7 +151,7 @@ class FunctionServer:
         command = [
             str(Path(sys.executable).parent / "functions-framework"),
             "--target=stripe_webhook",
-            f"--source={ROOT / 'main.py'}",
+            f"--source={self.source}",
             "--host=127.0.0.1",
             f"--port={self.port}",
         ]
@@ -177,6 +184,11 @@ class FunctionServer:
             self.process = None
 
     stop = kill
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the serving process tree (gunicorn arbiter and workers)."""
+        assert self.process is not None
+        return sum(_rss(pid) for pid in [self.process.pid, *_children(self.process.pid)])
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -221,3 +233,22 @@ class FunctionServer:
         raise AssertionError(
             f"not settled after {attempts} deliveries: {response and response.text}"
         )
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                child = int(stat.parent.name)
+                found += [child, *_children(child)]
+    return found
+
+
+def _rss(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
