@@ -18,7 +18,7 @@ from handlers.subscriptions import SUBSCRIPTIONS, subscription_fields
 from stripe_ledger.context import HandlerContext
 from stripe_ledger.registry import HandlerRegistry, import_handler_modules
 from stripe_ledger.verify import VerifiedEvent, parse_event
-from tests.support import make_event
+from tests.support import ROOT, make_event
 
 OLD_SUBSCRIPTION: dict[str, Any] = {
     # API 2020-08-27: billing period on the subscription, prices as `plan` on each item.
@@ -245,3 +245,28 @@ class TestApplicability:
         ):
             names = [r.name for r in handlers.registry.handlers_for(event_type)]
             assert not any(".project_" in name for name in names), event_type
+
+
+class TestDocumentation:
+    def test_the_table_in_docs_lists_exactly_the_registered_types(self) -> None:
+        """docs/projections.md's table of projected types matches the registry, both ways
+        (`.kind` in a cell abbreviates the family of the cell's first type)."""
+        import_handler_modules(handlers.BUILTIN_MODULES)
+        text = (ROOT / "docs" / "projections.md").read_text()
+        table = text.split("<!-- projected-types", 1)[1].split("\n\n", 1)[0]
+        documented: dict[str, set[str]] = {}
+        for row in table.splitlines()[3:]:
+            collections, types = (cell.strip() for cell in row.split("|")[1:3])
+            names = [name.strip(" `") for name in types.split(",")]
+            family = names[0].rsplit(".", 1)[0]
+            expanded = {family + name if name.startswith(".") else name for name in names}
+            for collection in collections.replace("`", "").split(","):
+                documented.setdefault(collection.strip(), set()).update(expanded)
+
+        registered: dict[str, set[str]] = {}
+        for pattern in handlers.registry.patterns():
+            for registration in handlers.registry.handlers_for(pattern):
+                if registration.pattern == pattern and ".project_" in registration.name:
+                    collection = registration.name.rsplit(".project_", 1)[1]
+                    registered.setdefault(collection, set()).add(pattern)
+        assert documented == registered

@@ -1,0 +1,550 @@
+"""The billing projections on the emulator, delivered in-process with `process_event`:
+ordering rules, API shapes, ignored events, reads through the transaction, concurrency and
+the cost of a delivery on the wire."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+from google.cloud import firestore
+from google.cloud.firestore_v1.services.firestore import client as gapic_client
+from google.cloud.firestore_v1.services.firestore.transports import grpc as gapic_grpc
+
+import handlers
+from handlers.customers import CUSTOMERS
+from stripe_ledger.config import Settings
+from stripe_ledger.context import HandlerContext
+from stripe_ledger.errors import LedgerUnavailable
+from stripe_ledger.ledger import EventLedger
+from stripe_ledger.outcomes import Delivery, Outcome
+from stripe_ledger.processing import process_event
+from stripe_ledger.registry import HandlerRegistry, Registration, import_handler_modules
+from stripe_ledger.verify import parse_event
+from tests.support import SECRET, RpcCounter, count_rpcs, ledger_record, make_event
+
+pytestmark = pytest.mark.emulator
+
+SETTINGS = Settings(webhook_secrets=(SECRET,))
+T = int(time.time())  # recent, so first deliveries are claimed without a read
+
+
+@pytest.fixture(scope="module")
+def registry() -> HandlerRegistry:
+    """The function's own registry with the built-in projections loaded."""
+    import_handler_modules(handlers.BUILTIN_MODULES)
+    return handlers.registry
+
+
+def fresh(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:14]}"
+
+
+def deliver(db: firestore.Client, registry: HandlerRegistry, event: dict[str, Any]) -> Delivery:
+    received = parse_event(json.dumps(event))
+    return process_event(received, db=db, ledger=EventLedger(db, SETTINGS), registry=registry)
+
+
+def deliver_until_settled(
+    db: firestore.Client, registry: HandlerRegistry, event: dict[str, Any]
+) -> Delivery:
+    """Redeliver like Stripe while the answer is retryable (503 or 409)."""
+    for _ in range(40):
+        try:
+            delivery = deliver(db, registry, event)
+        except LedgerUnavailable:
+            time.sleep(0.1)
+            continue
+        if delivery.outcome is not Outcome.IN_FLIGHT:
+            return delivery
+        time.sleep(0.1)
+    raise AssertionError(f"{event['id']} not settled")
+
+
+def stored(db: firestore.Client, collection: str, object_id: str) -> dict[str, Any] | None:
+    return db.collection(collection).document(object_id).get().to_dict()
+
+
+def subscription(sub_id: str, status: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": sub_id,
+        "object": "subscription",
+        "status": status,
+        "customer": "cus_1",
+        "cancel_at_period_end": False,
+        "current_period_start": T,
+        "current_period_end": T + 2_592_000,
+        "items": {"object": "list", "data": [{"id": "si_1", "price": {"id": "price_1"}}]},
+        **fields,
+    }
+
+
+def invoice(invoice_id: str, status: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": invoice_id,
+        "object": "invoice",
+        "status": status,
+        "customer": "cus_1",
+        "amount_due": 1000,
+        "amount_paid": 1000 if status == "paid" else 0,
+        "currency": "usd",
+        **fields,
+    }
+
+
+def all_orders(
+    db: firestore.Client,
+    registry: HandlerRegistry,
+    build: Callable[[str], list[dict[str, Any]]],
+    collection: str,
+) -> list[dict[str, Any]]:
+    """Deliver the events `build(object_id)` gives in every order, each order on its own
+    object; return each order's final document with the object ID taken out."""
+    count = len(build("x"))
+    finals = []
+    for order in itertools.permutations(range(count)):
+        object_id = fresh("obj")
+        events = build(object_id)
+        for position in order:
+            assert deliver(db, registry, events[position]).outcome is Outcome.COMPLETED
+        document = stored(db, collection, object_id)
+        assert document is not None
+        finals.append(json.loads(json.dumps(document).replace(object_id, "OBJECT")))
+    return finals
+
+
+class TestSameSecond:
+    def test_subscription_prefers_the_state_furthest_along(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        """created (incomplete), updated (active) and updated (past_due) in one second: every
+        one of the 6 orders ends at past_due, with identical documents."""
+
+        def build(sub_id: str) -> list[dict[str, Any]]:
+            return [
+                make_event(
+                    f"customer.subscription.{kind}",
+                    subscription(sub_id, status),
+                    created=T,
+                    id=f"evt_{sub_id}_{name}",
+                )
+                for kind, status, name in (
+                    ("created", "incomplete", "c"),  # event IDs in the opposite order
+                    ("updated", "active", "b"),
+                    ("updated", "past_due", "a"),
+                )
+            ]
+
+        finals = all_orders(db, registry, build, "subscriptions")
+        assert all(final == finals[0] for final in finals)
+        assert finals[0]["status"] == "past_due"
+        assert finals[0]["last_event_id"] == "evt_OBJECT_a"
+
+    def test_invoice_paid_over_open_over_draft(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        """invoice.created (draft), finalized (open), paid and payment_succeeded (two events
+        for one change) in one second: paid, and the same document for all 24 orders."""
+
+        def build(invoice_id: str) -> list[dict[str, Any]]:
+            return [
+                make_event(event_type, invoice(invoice_id, status), created=T)
+                for event_type, status in (
+                    ("invoice.created", "draft"),
+                    ("invoice.finalized", "open"),
+                    ("invoice.paid", "paid"),
+                    ("invoice.payment_succeeded", "paid"),
+                )
+            ]
+
+        events_by_order = all_orders(db, registry, build, "invoices")
+        statuses = {final["status"] for final in events_by_order}
+        assert statuses == {"paid"}
+        # The two `paid` events differ only in their IDs, which are fresh per order; within
+        # an order the larger one wins, whichever arrived last.
+        assert all(
+            final["last_event_created"] == T and final["amount_paid"] == 1000
+            for final in events_by_order
+        )
+
+    def test_same_stage_goes_to_the_larger_event_id(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        """Two customer updates in one second: the larger event ID wins in both orders."""
+
+        def build(customer_id: str) -> list[dict[str, Any]]:
+            return [
+                make_event(
+                    "customer.updated",
+                    {"id": customer_id, "object": "customer", "name": name},
+                    created=T,
+                    id=f"evt_{customer_id}_{name}",
+                )
+                for name in ("b", "a")
+            ]
+
+        finals = all_orders(db, registry, build, "customers")
+        assert [final["name"] for final in finals] == ["b", "b"]
+        assert finals[0] == finals[1]
+
+
+class TestDeletion:
+    def test_deleted_then_late_update_stays_deleted(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        """A deletion is final: a later-arriving update, even one with a newer `created`,
+        neither resurrects the object nor rewrites the document."""
+        sub_id = fresh("sub")
+        deleted = make_event(
+            "customer.subscription.deleted", subscription(sub_id, "canceled"), created=T
+        )
+        late = make_event(
+            "customer.subscription.updated", subscription(sub_id, "active"), created=T - 10
+        )
+        newer = make_event(
+            "customer.subscription.updated", subscription(sub_id, "active"), created=T + 10
+        )
+        deliver(db, registry, deleted)
+        ref = db.collection("subscriptions").document(sub_id)
+        written = ref.get().update_time
+        for event in (late, newer):
+            assert deliver(db, registry, event).outcome is Outcome.COMPLETED
+        snapshot = ref.get()
+        assert snapshot.update_time == written
+        assert snapshot.get("deleted") is True
+        assert (snapshot.get("status"), snapshot.get("last_event_id")) == (
+            "canceled",
+            deleted["id"],
+        )
+
+    def test_sparse_deleted_customer(self, db: firestore.Client, registry: HandlerRegistry) -> None:
+        """customer.deleted carrying only `{id, deleted: true}` after an update: deleted, with
+        Stripe's (absent, so null) fields."""
+        customer_id = fresh("cus")
+        updated = make_event(
+            "customer.updated",
+            {"id": customer_id, "object": "customer", "email": "a@example.com"},
+            created=T,
+        )
+        deleted = make_event(
+            "customer.deleted",
+            {"id": customer_id, "object": "customer", "deleted": True},
+            created=T,
+        )
+        for event in (updated, deleted, updated | {"id": f"{updated['id']}x"}):
+            deliver(db, registry, event)
+        document = stored(db, "customers", customer_id)
+        assert document is not None
+        assert (document["deleted"], document["email"]) == (True, None)
+
+
+class TestUpdateBeforeCreate:
+    def test_update_creates_the_document_and_the_late_create_is_ignored(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        customer_id = fresh("cus")
+        created = make_event(
+            "customer.created",
+            {"id": customer_id, "object": "customer", "email": "old@example.com"},
+            created=T,
+        )
+        updated = make_event(
+            "customer.updated",
+            {"id": customer_id, "object": "customer", "email": "new@example.com"},
+            created=T + 1,
+        )
+        deliver(db, registry, updated)
+        document = stored(db, "customers", customer_id)
+        assert document is not None
+        assert document["email"] == "new@example.com"
+        assert document["deleted"] is False
+        assert deliver(db, registry, created).outcome is Outcome.COMPLETED
+        assert stored(db, "customers", customer_id) == document
+
+
+class TestApiShapes:
+    def test_old_and_new_subscription_shapes(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        """2020-08-27 (periods on the subscription, `plan` items) and 2025-03-31.basil
+        (periods on the items) project the same fields."""
+        old_id, new_id = fresh("sub"), fresh("sub")
+        old = subscription(
+            old_id,
+            "active",
+            quantity=2,
+            items={"object": "list", "data": [{"id": "si", "plan": {"id": "plan_gold"}}]},
+        )
+        new = subscription(new_id, "active")
+        del new["current_period_start"], new["current_period_end"]
+        new["items"]["data"][0].update(
+            current_period_start=T, current_period_end=T + 86_400, quantity=4
+        )
+        deliver(db, registry, make_event("customer.subscription.created", old))
+        deliver(
+            db,
+            registry,
+            make_event("customer.subscription.created", new, api_version="2025-03-31.basil"),
+        )
+        old_document, new_document = (
+            stored(db, "subscriptions", old_id),
+            stored(db, "subscriptions", new_id),
+        )
+        assert old_document is not None
+        assert new_document is not None
+        assert (old_document["price_ids"], old_document["quantity"]) == (["plan_gold"], 2)
+        assert old_document["current_period_end"] == T + 2_592_000
+        assert (new_document["price_ids"], new_document["quantity"]) == (["price_1"], 4)
+        assert (new_document["current_period_start"], new_document["current_period_end"]) == (
+            T,
+            T + 86_400,
+        )
+
+    def test_old_and_new_invoice_shapes(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        old_id, new_id = fresh("in"), fresh("in")
+        old = invoice(old_id, "paid", subscription="sub_old")
+        new = invoice(
+            new_id,
+            "paid",
+            parent={
+                "type": "subscription_details",
+                "quote_details": None,
+                "subscription_details": {"subscription": "sub_new", "metadata": {}},
+            },
+        )
+        deliver(db, registry, make_event("invoice.paid", old))
+        deliver(db, registry, make_event("invoice.paid", new, api_version="2025-03-31.basil"))
+        old_document, new_document = stored(db, "invoices", old_id), stored(db, "invoices", new_id)
+        assert old_document is not None
+        assert new_document is not None
+        assert old_document["subscription"] == "sub_old"
+        assert new_document["subscription"] == "sub_new"
+
+
+class TestIgnored:
+    @pytest.mark.parametrize(
+        ("event_type", "obj"),
+        [
+            ("invoice.upcoming", {"object": "invoice", "amount_due": 100}),
+            ("charge.dispute.closed", {"object": "dispute", "status": "won"}),
+            ("customer.discount.created", {"object": "discount", "coupon": {"id": "c"}}),
+            ("invoice.sent", {"id": "in_sent", "object": "invoice"}),
+        ],
+    )
+    def test_recorded_ignored_with_no_document(
+        self, db: firestore.Client, registry: HandlerRegistry, event_type: str, obj: dict[str, Any]
+    ) -> None:
+        """Objects without an ID and types outside the table: `ignored`, nothing projected."""
+        event = make_event(event_type, obj)
+        assert deliver(db, registry, event).outcome is Outcome.IGNORED
+        record = ledger_record(db, event["id"])
+        assert record is not None
+        assert record["status"] == "ignored"
+        assert [c.id for c in db.collections()] == ["stripe_events"]
+
+
+class RpcRecorder(RpcCounter):
+    """An `RpcCounter` that also keeps every request, to look inside them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[tuple[str, Any]] = []
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.requests.append((details.method.rsplit("/", 1)[-1], request))
+        return super().intercept_unary_unary(continuation, details, request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.requests.append((details.method.rsplit("/", 1)[-1], request))
+        return super().intercept_unary_stream(continuation, details, request)
+
+    def written(self) -> list[str]:
+        """The paths of the documents every Commit wrote, in order."""
+        return [
+            write.update.name.split("/documents/", 1)[-1]
+            for method, request in self.requests
+            if method == "Commit"
+            for write in request.writes
+        ]
+
+
+def record_rpcs(db: firestore.Client) -> RpcRecorder:
+    """Like `tests.support.count_rpcs`, keeping the requests too."""
+    recorder = RpcRecorder()
+    host = os.environ["FIRESTORE_EMULATOR_HOST"]
+    channel = grpc.insecure_channel(host, options=[("Authorization", "Bearer owner")])
+    transport = gapic_grpc.FirestoreGrpcTransport(
+        host=host, channel=grpc.intercept_channel(channel, recorder)
+    )
+    db._firestore_api_internal = gapic_client.FirestoreClient(transport=transport)
+    return recorder
+
+
+class TestEfficiency:
+    def test_first_delivery_costs_four_calls(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        """A projected event's first delivery: the claim's Commit, BeginTransaction, one
+        BatchGetDocuments (the projection document), and the Commit of projection and
+        ledger record together."""
+        counter = count_rpcs(db)
+        event = make_event("customer.created", {"id": fresh("cus"), "email": "a@example.com"})
+        assert deliver(db, registry, event).outcome is Outcome.COMPLETED
+        assert dict(counter.calls) == {"Commit": 2, "BeginTransaction": 1, "BatchGetDocuments": 1}
+        assert counter.total() <= 4
+
+    def test_an_event_that_changes_nothing_writes_no_projection(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        """An older event after a newer one still costs four calls, but its transaction
+        commits the ledger record alone: the projection document is not rewritten."""
+        customer_id = fresh("cus")
+        newer = make_event("customer.updated", {"id": customer_id, "name": "new"}, created=T)
+        older = make_event("customer.updated", {"id": customer_id, "name": "old"}, created=T - 1)
+        recorder = record_rpcs(db)
+        deliver(db, registry, newer)
+        assert f"customers/{customer_id}" in recorder.written()
+        before = db.collection("customers").document(customer_id).get().update_time
+        recorder.requests.clear()
+        recorder.reset()
+        assert deliver(db, registry, older).outcome is Outcome.COMPLETED
+        assert recorder.total() == 4
+        assert recorder.written() == [f"stripe_events/{older['id']}"] * 2  # claim, completion
+        assert db.collection("customers").document(customer_id).get().update_time == before
+
+
+class TestTransactionalReads:
+    def test_every_read_goes_through_the_transaction(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        """On the wire: the only read of a delivery is one BatchGetDocuments carrying the
+        transaction that then commits the projection, and nothing reads outside it."""
+        recorder = record_rpcs(db)
+        sub_id = fresh("sub")
+        deliver(
+            db,
+            registry,
+            make_event("customer.subscription.created", subscription(sub_id, "active")),
+        )
+        methods = [method for method, _ in recorder.requests]
+        assert methods == ["Commit", "BeginTransaction", "BatchGetDocuments", "Commit"]
+        read, commit = recorder.requests[2][1], recorder.requests[3][1]
+        assert read.transaction
+        assert read.transaction == commit.transaction
+        assert [name.rsplit("/", 2)[-2:] for name in read.documents] == [["subscriptions", sub_id]]
+
+
+class TestConcurrentEvents:
+    """Two events for one object, in two threads, with the older one's transaction held open
+    between its read and its commit while the newer one commits."""
+
+    def _race(
+        self, db: firestore.Client, project: Registration
+    ) -> tuple[dict[str, Any], list[Delivery]]:
+        holding, released = threading.Event(), threading.Event()
+        first_attempts: set[str] = set()
+        registry = HandlerRegistry()
+        registry.on("customer.updated", reads=project.reads, when=project.when)(project.handler)
+
+        @registry.on("customer.updated")
+        def hold_the_older_open(ctx: HandlerContext) -> None:
+            # Runs after the projection read and buffered its write; only once.
+            if ctx.object.get("name") == "older" and ctx.event_id not in first_attempts:
+                first_attempts.add(ctx.event_id)
+                holding.set()
+                released.wait(timeout=1.0)
+
+        customer_id = fresh("cus")
+        older = make_event("customer.updated", {"id": customer_id, "name": "older"}, created=T)
+        newer = make_event("customer.updated", {"id": customer_id, "name": "newer"}, created=T + 1)
+
+        def deliver_newer() -> Delivery:
+            holding.wait(timeout=10)
+            try:
+                return deliver_until_settled(db, registry, newer)
+            finally:
+                released.set()
+
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(deliver_until_settled, db, registry, older)
+            second = pool.submit(deliver_newer)
+            deliveries = [first.result(), second.result()]
+        document = stored(db, "customers", customer_id)
+        assert document is not None
+        return document, deliveries
+
+    def test_the_newer_event_wins_whatever_the_interleaving(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        """The older event read the (empty) document first and wants to write after the
+        newer one: its transaction conflicts, is retried (by the client, or by redelivery
+        after a 503), reads the newer state and writes nothing. Both events complete."""
+        (project,) = registry.handlers_for("customer.updated")
+        document, deliveries = self._race(db, project)
+        assert [d.outcome for d in deliveries] == [Outcome.COMPLETED, Outcome.COMPLETED]
+        assert document["name"] == "newer"
+        assert document["last_event_created"] == T + 1
+
+    def test_a_handler_reading_outside_the_transaction_would_lose_the_update(
+        self, db: firestore.Client
+    ) -> None:
+        """The control for the test above: the same ordering rule, reading with a plain
+        `get()` instead of through the transaction, lets the older event overwrite the newer
+        one, so the race above really exercises a blind overwrite."""
+
+        def blind(ctx: HandlerContext) -> None:
+            ref = CUSTOMERS.ref(ctx)
+            # Outside the transaction, and not declared with `reads=` (which would prefetch it
+            # through the transaction): no lock, no conflict.
+            current = ref.get().to_dict()
+            document = CUSTOMERS.document(ctx.received)
+            if current is None or CUSTOMERS.order(document) > CUSTOMERS.order(current):
+                ctx.tx.set(ref, document)
+
+        document, _ = self._race(db, Registration("customer.updated", "blind", blind))
+        assert document["name"] == "older"
+
+    def test_many_events_for_one_object_at_once(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        """Six events for one subscription, delivered at the same moment from six threads
+        (retrying 503s like Stripe): all complete, and the document is the greatest one's."""
+        sub_id = fresh("sub")
+        events = [
+            make_event("customer.subscription.updated", subscription(sub_id, status), created=at)
+            for status, at in (
+                ("incomplete", T),
+                ("active", T + 1),
+                ("active", T + 1),
+                ("past_due", T + 1),
+                ("active", T + 2),
+                ("incomplete", T - 5),
+            )
+        ]
+        start = threading.Barrier(len(events))
+
+        def run(event: dict[str, Any]) -> Delivery:
+            start.wait()
+            return deliver_until_settled(db, registry, event)
+
+        with ThreadPoolExecutor(len(events)) as pool:
+            outcomes = [d.outcome for d in pool.map(run, events)]
+        assert outcomes == [Outcome.COMPLETED] * len(events)
+        document = stored(db, "subscriptions", sub_id)
+        assert document is not None
+        assert (document["status"], document["last_event_id"]) == ("active", events[4]["id"])
+        for event in events:
+            record = ledger_record(db, event["id"])
+            assert record is not None
+            assert record["status"] == "completed"
