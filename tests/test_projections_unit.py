@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 import handlers
-from handlers._projection import Projection, counters, has_projectable_id, lifecycle
+from handlers._projection import (
+    Projection,
+    counters,
+    has_projectable_id,
+    lifecycle,
+    storable,
+)
 from handlers.catalog import PRICES, price_fields
 from handlers.customers import CUSTOMERS
 from handlers.invoices import INVOICES, invoice_fields
@@ -181,6 +187,17 @@ class TestOrder:
         sparse = received("customer.updated", {"id": "c", "deleted": True})
         assert CUSTOMERS.document(sparse)["deleted"] is True
         assert PRICES.document(received("price.updated", {"id": "p"}))["deleted"] is False
+
+
+class TestStorable:
+    def test_reserved_keys_are_renamed_everywhere_else_untouched(self) -> None:
+        """Keys Firestore reserves (`__x__`) get a `~`, in maps at any depth and in lists."""
+        obj = {"metadata": {"__internal__": "1", "_a_": "2"}, "lines": [{"__b__": 3}], "n": 1}
+        assert storable(obj) == {
+            "metadata": {"__internal__~": "1", "_a_": "2"},
+            "lines": [{"__b__~": 3}],
+            "n": 1,
+        }
 
 
 class TestApplicability:
