@@ -1,0 +1,97 @@
+# The Cloud Function (2nd gen, i.e. a Cloud Run service built by Cloud Build).
+
+resource "google_cloudfunctions2_function" "webhook" {
+  #checkov:skip=CKV_GCP_124:Stripe delivers from the internet, so ingress must allow all; every request must carry a valid Stripe signature or is refused with 400.
+  project     = var.project_id
+  name        = var.function_name
+  location    = var.region
+  description = "Receives Stripe webhooks and records every event exactly once in Firestore."
+
+  build_config {
+    runtime           = var.runtime
+    entry_point       = "stripe_webhook"
+    service_account   = google_service_account.build.id
+    docker_repository = google_artifact_registry_repository.functions.id
+
+    source {
+      storage_source {
+        bucket = google_storage_bucket.source.name
+        object = google_storage_bucket_object.source.name
+      }
+    }
+  }
+
+  service_config {
+    service_account_email = google_service_account.runtime.email
+    # Stripe calls from the internet; every request is authenticated by its signature.
+    ingress_settings               = "ALLOW_ALL"
+    all_traffic_on_latest_revision = true
+
+    available_memory                 = var.available_memory
+    available_cpu                    = var.available_cpu
+    max_instance_request_concurrency = var.max_instance_request_concurrency
+    timeout_seconds                  = var.timeout_seconds
+    min_instance_count               = var.min_instance_count
+    max_instance_count               = var.max_instance_count
+
+    environment_variables = {
+      GOOGLE_CLOUD_PROJECT             = var.project_id
+      FIRESTORE_DATABASE               = google_firestore_database.ledger.name
+      STRIPE_EVENTS_COLLECTION         = var.events_collection
+      STRIPE_HANDLER_MODULES           = join(",", var.handler_modules)
+      STRIPE_MAX_ATTEMPTS              = tostring(var.max_attempts)
+      STRIPE_EVENT_RETENTION_DAYS      = tostring(var.event_retention_days)
+      STRIPE_FIRESTORE_TIMEOUT_SECONDS = tostring(var.firestore_timeout_seconds)
+      # A claim is held for as long as a request may run: a delivery that times out releases
+      # its event when its lease ends, not before.
+      STRIPE_LEASE_SECONDS = tostring(var.timeout_seconds)
+      # functions-framework's gunicorn threads: one per request an instance is sent at once.
+      THREADS = tostring(var.max_instance_request_concurrency)
+    }
+
+    # Until a version of the signing secret exists (docs/deploy.md), the function is deployed
+    # without it and refuses every delivery with 500: Stripe keeps retrying, nothing is lost.
+    dynamic "secret_environment_variables" {
+      for_each = var.webhook_secret_version == null ? [] : [var.webhook_secret_version]
+      content {
+        key        = "STRIPE_WEBHOOK_SECRET"
+        project_id = var.project_id
+        secret     = google_secret_manager_secret.webhook_signing.secret_id
+        version    = secret_environment_variables.value
+      }
+    }
+
+    dynamic "secret_environment_variables" {
+      for_each = var.api_key_secret_version == null ? [] : [var.api_key_secret_version]
+      content {
+        key        = "STRIPE_API_KEY"
+        project_id = var.project_id
+        secret     = google_secret_manager_secret.api_key.secret_id
+        version    = secret_environment_variables.value
+      }
+    }
+  }
+
+  depends_on = [
+    google_project_service.required,
+    google_project_iam_member.runtime_datastore_user,
+    google_secret_manager_secret_iam_member.runtime_reads,
+    google_project_iam_member.build_log_writer,
+    google_project_iam_member.build_source_reader,
+    google_storage_bucket_iam_member.build_reads_source,
+    google_artifact_registry_repository_iam_member.build_pushes_image,
+  ]
+}
+
+# Stripe cannot authenticate to Google, so the function's Cloud Run service lets anyone invoke
+# it; the function itself refuses every request whose Stripe signature does not verify.
+# Organisations with domain-restricted sharing refuse `allUsers`: see docs/deploy.md.
+resource "google_cloud_run_v2_service_iam_member" "public_invoker" {
+  count = var.public_invoker ? 1 : 0
+
+  project  = var.project_id
+  location = google_cloudfunctions2_function.webhook.location
+  name     = google_cloudfunctions2_function.webhook.name
+  role     = "roles/run.invoker"
+  member   = "allUsers"
+}

@@ -1,0 +1,146 @@
+# Log-based metrics and alerts on the function's JSON log lines (Cloud Logging jsonPayload).
+
+# A dead-lettered event: every attempt failed; it needs a fix and `stripe-ledger replay`.
+resource "google_logging_metric" "dead_lettered" {
+  project     = var.project_id
+  name        = "${var.function_name}/dead_lettered_events"
+  description = "Stripe events dead-lettered by ${var.function_name} after their last attempt."
+  filter      = "${local.function_logs} AND severity=ERROR AND jsonPayload.status=\"dead\""
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "INT64"
+    unit         = "1"
+    display_name = "Dead-lettered Stripe events"
+
+    labels {
+      key         = "event_type"
+      value_type  = "STRING"
+      description = "The Stripe event type"
+    }
+  }
+
+  label_extractors = {
+    event_type = "EXTRACT(jsonPayload.event_type)"
+  }
+}
+
+# A delivery refused for its signature: none, not matching any configured secret, or too old.
+# A burst means a wrong or rotated secret, or someone probing the endpoint.
+resource "google_logging_metric" "signature_failures" {
+  project     = var.project_id
+  name        = "${var.function_name}/signature_failures"
+  description = "Deliveries to ${var.function_name} refused with 400 because their Stripe signature did not verify."
+  filter = join(" AND ", [
+    local.function_logs,
+    "severity=WARNING",
+    "jsonPayload.status=\"rejected\"",
+    "jsonPayload.http_status=400",
+    "(jsonPayload.reason=\"missing\" OR jsonPayload.reason=\"invalid\" OR jsonPayload.reason=\"stale\")",
+  ])
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "INT64"
+    unit         = "1"
+    display_name = "Stripe signature failures"
+
+    labels {
+      key         = "reason"
+      value_type  = "STRING"
+      description = "missing, invalid or stale"
+    }
+  }
+
+  label_extractors = {
+    reason = "EXTRACT(jsonPayload.reason)"
+  }
+}
+
+resource "google_monitoring_notification_channel" "email" {
+  count = var.alert_email == null ? 0 : 1
+
+  project      = var.project_id
+  display_name = "${var.function_name} alerts"
+  type         = "email"
+  labels = {
+    email_address = var.alert_email
+  }
+}
+
+resource "google_monitoring_alert_policy" "dead_lettered" {
+  project               = var.project_id
+  display_name          = "${var.function_name}: Stripe event dead-lettered"
+  combiner              = "OR"
+  severity              = "ERROR"
+  notification_channels = local.notification_channels
+
+  conditions {
+    display_name = "At least one event dead-lettered"
+
+    condition_threshold {
+      filter          = "resource.type=\"cloud_run_revision\" AND metric.type=\"logging.googleapis.com/user/${google_logging_metric.dead_lettered.name}\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+
+      aggregations {
+        alignment_period     = "300s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+        group_by_fields      = ["metric.label.event_type"]
+      }
+
+      trigger {
+        count = 1
+      }
+    }
+  }
+
+  alert_strategy {
+    auto_close = "86400s"
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "A Stripe event failed on every attempt and was dead-lettered (status `dead` in the ledger). Find it with `stripe-ledger list --status dead`, fix the cause, then `stripe-ledger replay EVENT_ID`."
+  }
+}
+
+resource "google_monitoring_alert_policy" "signature_failures" {
+  project               = var.project_id
+  display_name          = "${var.function_name}: burst of Stripe signature failures"
+  combiner              = "OR"
+  severity              = "WARNING"
+  notification_channels = local.notification_channels
+
+  conditions {
+    display_name = "More than ${var.signature_failure_threshold} signature failures in ${var.signature_failure_window_seconds} s"
+
+    condition_threshold {
+      filter          = "resource.type=\"cloud_run_revision\" AND metric.type=\"logging.googleapis.com/user/${google_logging_metric.signature_failures.name}\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = var.signature_failure_threshold
+      duration        = "0s"
+
+      aggregations {
+        alignment_period     = "${var.signature_failure_window_seconds}s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+      }
+
+      trigger {
+        count = 1
+      }
+    }
+  }
+
+  alert_strategy {
+    auto_close = "3600s"
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "Deliveries are being refused for their Stripe signature (`jsonPayload.reason`: missing, invalid or stale). `invalid` after a rotation means the function lacks the endpoint's current signing secret: see docs/deploy.md, \"Rotating the signing secret\". Stripe retries refused deliveries for up to three days."
+  }
+}
