@@ -41,8 +41,12 @@ class Settings:
     database: str = "(default)"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        """Read and validate the settings; raise `ConfigurationError` naming what is wrong."""
+    def from_env(cls, environ: Mapping[str, str], *, require_secret: bool = True) -> Settings:
+        """Read and validate the settings; raise `ConfigurationError` naming what is wrong.
+
+        `require_secret=False` is for tools that never verify a delivery (the operations
+        CLI): the secret may then be unset, but a secret that is set must still be valid.
+        """
         settings = cls(
             webhook_secrets=_split(environ.get("STRIPE_WEBHOOK_SECRET", "")),
             tolerance_seconds=_integer(environ, "STRIPE_WEBHOOK_TOLERANCE", cls.tolerance_seconds),
@@ -60,12 +64,12 @@ class Settings:
             project=environ.get("GOOGLE_CLOUD_PROJECT") or None,
             database=environ.get("FIRESTORE_DATABASE") or cls.database,
         )
-        settings.validate()
+        settings.validate(require_secret=require_secret)
         return settings
 
-    def validate(self) -> None:
+    def validate(self, *, require_secret: bool = True) -> None:
         """Raise `ConfigurationError` if any setting is unsafe or malformed."""
-        if not self.webhook_secrets:
+        if require_secret and not self.webhook_secrets:
             raise ConfigurationError("STRIPE_WEBHOOK_SECRET is unset or empty")
         for position, secret in enumerate(self.webhook_secrets, start=1):
             if not secret.startswith("whsec_") or len(secret) <= len("whsec_"):

@@ -54,12 +54,19 @@ class WebhookService:
             raise
 
 
-def build_service(environ: Mapping[str, str] | None = None) -> WebhookService:
-    """Read the settings, import the handler modules and create the client."""
+def build_service(
+    environ: Mapping[str, str] | None = None, *, require_secret: bool = True
+) -> WebhookService:
+    """Read the settings, import the handler modules and create the client.
+
+    The function and the operations CLI share this wiring, so a replay runs the same handlers
+    against the same ledger as a live delivery. The CLI passes `require_secret=False`: it
+    never verifies a delivery (its service's `deliver` refuses every signature then).
+    """
     import handlers  # the project's handler package: its registry and built-in modules
 
     environ = os.environ if environ is None else environ
-    settings = Settings.from_env(environ)
+    settings = Settings.from_env(environ, require_secret=require_secret)
     import_handler_modules(handlers.BUILTIN_MODULES + settings.handler_modules)
     try:
         db = create_client(settings, environ)
