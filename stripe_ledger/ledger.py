@@ -168,6 +168,9 @@ class EventLedger:
             return Settled(Outcome.DUPLICATE, status=status, attempt=attempts)
         if note:
             fields["last_note"] = note
+        if status in SETTLED:
+            # Only an operator's replay reclaims a settled event; count it where it shows.
+            fields["replays"] = firestore.Increment(1)
         if not handled:
             fields.update(status=Status.IGNORED, completed_at=now, lease_expires_at=None)
             if not self._compare_and_set(snapshot, fields):
