@@ -31,13 +31,7 @@ resource "google_logging_metric" "signature_failures" {
   project     = var.project_id
   name        = "${var.function_name}/signature_failures"
   description = "Deliveries to ${var.function_name} refused with 400 because their Stripe signature did not verify."
-  filter = join(" AND ", [
-    local.function_logs,
-    "severity=WARNING",
-    "jsonPayload.status=\"rejected\"",
-    "jsonPayload.http_status=400",
-    "(jsonPayload.reason=\"missing\" OR jsonPayload.reason=\"invalid\" OR jsonPayload.reason=\"stale\")",
-  ])
+  filter      = "${local.function_logs} AND severity=WARNING AND jsonPayload.status=\"rejected\" AND jsonPayload.http_status=400 AND (jsonPayload.reason=\"missing\" OR jsonPayload.reason=\"invalid\" OR jsonPayload.reason=\"stale\")"
 
   metric_descriptor {
     metric_kind  = "DELTA"
