@@ -79,7 +79,7 @@ resource "google_firestore_field" "projection_object" {
   index_config {}
 }
 
-# The queries of the operations CLI (`stripe-ledger list --status ... --type ...`): equality on
+# The queries of the operations CLI (`stripe-ledger events list --status ... --type ...`): equality on
 # status and/or type, newest first. Each index lists its fields in order, with their direction.
 resource "google_firestore_index" "ledger" {
   for_each = {

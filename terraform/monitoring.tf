@@ -97,7 +97,7 @@ resource "google_monitoring_alert_policy" "dead_lettered" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "A Stripe event failed on every attempt and was dead-lettered (status `dead` in the ledger). Find it with `stripe-ledger list --status dead`, fix the cause, then `stripe-ledger replay EVENT_ID`."
+    content   = "A Stripe event failed on every attempt and was dead-lettered (status `dead` in the ledger). Find it with `stripe-ledger events list --status dead`, fix the cause, then `stripe-ledger replay EVENT_ID`."
   }
 }
 

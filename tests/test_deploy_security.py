@@ -438,3 +438,14 @@ class TestInterface:
         names = {key for key in example if not is_marker(key)}
         assert "project_id" in names
         assert names <= set(configuration().variables)
+
+    def test_deploy_guide_names_what_exists(self) -> None:
+        """docs/deploy.md's variable, output and default names are the configuration's."""
+        guide = (ROOT / "docs" / "deploy.md").read_text()
+        config = configuration()
+        for name in re.findall(r"`([a-z_]+) = ", guide) + re.findall(r"-var ([a-z_]+)=", guide):
+            assert name in config.variables, name
+        for name in re.findall(r"terraform output -raw ([a-z_]+)", guide):
+            assert name in config.outputs, name
+        for variable in ("webhook_secret_id", "api_key_secret_id", "function_name"):
+            assert config.default(variable) in guide, variable
