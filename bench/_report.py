@@ -45,6 +45,7 @@ def table(results: dict[str, Any]) -> str:
         _row("floor (a): bare function", cold["floor_a"], "s"),
         _row("floor (c): bare + stripe + firestore", cold["floor_c"], "s"),
         _row("ours: first delivery of a new instance", cold["ours"], "s"),
+        f"  ours / floor (c) within each round, median: {results['cold_start_paired_ratio_p50']}",
         "  of which after gunicorn listened (worker boot + first request), p50: "
         + ", ".join(
             f"{kind} {stats['p50']:.0f} ms"
@@ -70,6 +71,11 @@ def table(results: dict[str, Any]) -> str:
         _row("contention latency", contention["latency_ms"]),
         f"    effects applied (count: events) {contention['effects_applied']}, "
         f"unsettled {contention['unsettled_after_redelivery']}",
+        f"  one object, {results['hot_object']['events_per_object']} distinct events at once, "
+        f"{results['hot_object']['repeats']} times: {results['hot_object']['statuses']}",
+        _row("hot object latency", results["hot_object"]["latency_ms"]),
+        f"    unsettled {results['hot_object']['unsettled_after_redelivery']}, objects holding "
+        f"the newest state {results['hot_object']['objects_holding_newest_state']}",
         f"  memory of arbiter + worker (MiB): {memory}",
     ]
     if results.get("unexpected_answers"):

@@ -10,7 +10,8 @@ Phases, in order (all HTTP goes to functions-framework on gunicorn, as in produc
    (`bench._counted_main`), and per raw transaction in this process;
 4. throughput at fixed concurrency, raw transactions and ours alternately, while the
    server's memory is sampled;
-5. contention: events delivered several times at the same instant.
+5. contention: events delivered several times at the same instant; then distinct events
+   about one object at the same instant (their transactions contend for its document).
 
 `main` prints the table and writes the JSON and the PNG (`bench._report`).
 """
@@ -45,11 +46,13 @@ from bench._events import (
     counter_event,
     payment_event,
     signed,
+    stripe_id,
 )
 from bench._load import burst, closed_loop
 from bench._rpcs import RPCS_HEADER, RpcCounter, intercept
 from bench._serve import ROOT, FunctionProcess, Response, cpu_seconds, emulator_pids, post
 from bench._stats import summary
+from handlers.payment_intents import PAYMENTS
 from stripe_ledger.emulator import Emulator
 
 __all__ = ["Config", "main", "run"]
@@ -68,17 +71,21 @@ class Config:
     """What to run; the defaults take a few minutes on two cores."""
 
     events: int = 300
-    cold_starts: int = 5
+    cold_starts: int = 7
     concurrency: int = 16
     throughput_requests: int = 320
     throughput_repeats: int = 3
     contention_events: int = 15
     contention_copies: int = 6
     contention_repeats: int = 3
+    hot_object_events: int = 8
+    hot_object_repeats: int = 3
     rpc_samples: int = 20
     server_threads: int = 16
     warmup: int = 20
     seed: int = 8
+    source: Path = _MAIN
+    """The functions-framework source served as ours (a variant of main.py, to try a change)."""
     out: Path = ROOT / "bench" / "out"
     png: bool = True
 
@@ -173,7 +180,7 @@ class Benchmark:
         kinds: dict[str, tuple[Path, str]] = {
             "floor_c": (_IMPORTS, "imports"),
             "floor_a": (_BARE, "bare"),
-            "ours": (_MAIN, "stripe_webhook"),
+            "ours": (self.config.source, "stripe_webhook"),
         }
         seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
         first_request: dict[str, list[float]] = {kind: [] for kind in kinds}
@@ -192,6 +199,11 @@ class Benchmark:
         self.results["cold_start_s"] = {
             kind: summary(values, scale=1.0) for kind, values in seconds.items()
         }
+        # Rounds are interleaved, so a round's ratio compares starts under the same load.
+        ratios = [o / c for o, c in zip(seconds["ours"], seconds["floor_c"], strict=True)]
+        self.results["cold_start_paired_ratio_p50"] = (
+            round(statistics.median(ratios), 3) if ratios else None
+        )
         # The part of the cold start after gunicorn listens: the worker's boot and the
         # first request (for ours: building the client and the first delivery's RPCs).
         self.results["cold_start_first_request_ms"] = {
@@ -417,6 +429,52 @@ class Benchmark:
         }
         self.samples["contention"] = latencies
 
+    def hot_object(self, ours: FunctionProcess) -> None:
+        """Distinct events about one object, delivered at the same instant.
+
+        Unlike duplicates, each must run its handler, and every handler reads and writes the
+        same projection document (`payments/{payment_intent}`), so their transactions
+        contend for it. Each event is then redelivered until settled, as Stripe would, and
+        the document must hold the newest event's state. No target: a figure for
+        docs/scaling.md.
+        """
+        config = self.config
+        latencies: list[float] = []
+        statuses: Counter[str] = Counter()
+        errors: list[str] = []
+        correct = unsettled = 0
+        for _ in range(config.hot_object_repeats):
+            payment_intent = stripe_id("pi")
+            now = int(time.time())
+            events = []
+            for age in range(config.hot_object_events, 0, -1):
+                event = payment_event(age)
+                event["data"]["object"]["id"] = payment_intent
+                event["created"] = now - age  # one second apart: the newest must win
+                events.append(json.dumps(event).encode())
+            requests = [signed(body) for body in events]
+            self.random.shuffle(requests)
+            result = burst(ours.port, requests)
+            errors.extend(result.errors)
+            for response in result.responses:
+                if response is not None:
+                    latencies.append(response.seconds)
+                    statuses[f"{response.status} {_status_of(response)}"] += 1
+            unsettled += sum(not self._settle(ours.port, body) for body in events)
+            projection = self.db.collection(PAYMENTS.collection).document(payment_intent).get()
+            newest = json.loads(events[-1])["id"]
+            correct += bool(projection.exists and projection.get("last_event_id") == newest)
+        self.results["hot_object"] = {
+            "events_per_object": config.hot_object_events,
+            "repeats": config.hot_object_repeats,
+            "statuses": dict(statuses),
+            "errors": errors[:10],
+            "latency_ms": summary(latencies),
+            "unsettled_after_redelivery": unsettled,
+            "objects_holding_newest_state": correct,
+        }
+        self.samples["hot_object"] = latencies
+
     def _settle(self, port: int, body: bytes, attempts: int = 40) -> bool:
         """Redeliver like Stripe until a 2xx; whether the event settled."""
         for _ in range(attempts):
@@ -432,7 +490,7 @@ class Benchmark:
         began = time.perf_counter()
         self.cold_starts()
         bare = self._server(_BARE, "bare")
-        ours = self._server(_MAIN, "stripe_webhook")
+        ours = self._server(self.config.source, "stripe_webhook")
         counted = self._server(_COUNTED, "stripe_webhook")
         servers = [bare, ours, counted]
         try:
@@ -450,6 +508,7 @@ class Benchmark:
             with _sample_memory(ours) as memory:
                 self.throughput(bare, ours)
                 self.contention(ours)
+                self.hot_object(ours)
             self.results["memory_mib"] = memory
         finally:
             for server in servers:
@@ -626,10 +685,18 @@ def _parse(argv: list[str] | None) -> Config:
     parser.add_argument("--contention-events", type=int, default=defaults.contention_events)
     parser.add_argument("--contention-copies", type=int, default=defaults.contention_copies)
     parser.add_argument("--contention-repeats", type=int, default=defaults.contention_repeats)
+    parser.add_argument("--hot-object-events", type=int, default=defaults.hot_object_events)
+    parser.add_argument("--hot-object-repeats", type=int, default=defaults.hot_object_repeats)
     parser.add_argument("--rpc-samples", type=int, default=defaults.rpc_samples)
     parser.add_argument("--server-threads", type=int, default=defaults.server_threads)
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=defaults.source,
+        help="functions-framework source to serve as ours (default: main.py)",
+    )
     parser.add_argument("--out", type=Path, default=defaults.out, help="where to write results")
     parser.add_argument("--no-png", dest="png", action="store_false", help="skip the PNG")
     args = parser.parse_args(argv)

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from bench import run as bench
-
-pytestmark = [pytest.mark.emulator, pytest.mark.e2e]
+from bench import stripe_ids
 
 TARGETS = {
     "first delivery p50",
@@ -45,6 +44,8 @@ TINY = [
     "--contention-repeats=1",
     "--rpc-samples=1",
     "--warmup=1",
+    "--hot-object-events=3",
+    "--hot-object-repeats=1",
 ]
 
 
@@ -66,6 +67,26 @@ def tiny_run(emulator_host: str, tmp_path_factory: pytest.TempPathFactory) -> Ti
     return TinyRun(printed.getvalue(), results, out)
 
 
+class TestStripeIdsAreTimeOrdered:
+    def test_reference_example_decodes_to_its_created(self) -> None:
+        """Stripe's own API reference example carries its `created` second in the ID."""
+        assert stripe_ids.decode_created("evt_1NG8Du2eZvKYlo2CUI79vXWy") == 1686089970
+
+    def test_other_shapes_are_not_decoded(self) -> None:
+        """Test IDs and older formats are not mistaken for time-ordered ones."""
+        for value in ("evt_000000000000000000000000", "evt_test_invoice_payment_paid", "evt_abc"):
+            assert stripe_ids.decode_created(value) is None
+
+    def test_real_ids_sort_by_time(self) -> None:
+        """In the captured fixtures, every ID whose `created` is real decodes to it within a
+        second, so sorting IDs of one type as strings (Firestore's order) sorts them by time."""
+        result = stripe_ids.measure(stripe_ids.sample())
+        assert result["decoded_within_1s"] >= 20
+        assert result["inversions_string_vs_time"] == 0
+
+
+@pytest.mark.emulator
+@pytest.mark.e2e
 class TestBenchmarkSmoke:
     def test_reports_every_target(self, tiny_run: TinyRun) -> None:
         """Every target of issue 8 is in the JSON and the table, with value, limit and verdict."""
@@ -90,6 +111,7 @@ class TestBenchmarkSmoke:
         assert throughput["raw_median_per_s"] > 0
         assert "server" in throughput["cpu_ms_per_operation"]["ours"]
         assert results["memory_mib"]["peak_rss_sampled"] > 0
+        assert results["hot_object"]["latency_ms"]["n"] == 3
 
     def test_draws_the_png(self, tiny_run: TinyRun) -> None:
         """The latency distributions and targets are drawn next to the JSON."""
@@ -103,3 +125,10 @@ class TestBenchmarkSmoke:
         assert contention["effects_applied"] == {"1": 3}
         assert contention["unsettled_after_redelivery"] == 0
         assert tiny_run.results["unexpected_answers"] == {}
+
+    def test_events_about_one_object_settle_on_the_newest_state(self, tiny_run: TinyRun) -> None:
+        """Distinct events about one object, delivered at once and then redelivered until
+        settled, leave its projection at the newest event's state."""
+        hot = tiny_run.results["hot_object"]
+        assert hot["unsettled_after_redelivery"] == 0
+        assert hot["objects_holding_newest_state"] == 1

@@ -1,0 +1,221 @@
+"""How fast `stripe-ledger` reads a ledger of 100,000 events: `python -m bench.ops_list`.
+
+Seeds N ledger records (the contract's fields and a realistic 1.5 kB payload; 94% completed,
+3% ignored, 2% failed, 1% dead, ten types, received over 30 days) with batched writes into a
+fresh project of the emulator (FIRESTORE_EMULATOR_HOST, or one started here), then times:
+
+- `operations.list_events` in this process (the query alone): the newest page, each filter
+  the composite indexes serve, `--since 1d`, and a page deep in the ledger (`--after`);
+- the same through the console script (what an operator waits for, start-up included);
+- `stats --since 1d` and all-time, and `replay --status dead --dry-run` (selection).
+
+The emulator has no indexes: it answers queries by scanning, so its figures are an upper
+bound for Firestore, where these queries read only the index entries of the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from google.cloud import firestore
+
+from stripe_ledger.config import Settings
+from stripe_ledger.emulator import Emulator
+from stripe_ledger.ledger import EventLedger
+from stripe_ledger.operations import list_events
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = Path(sys.executable).parent / "stripe-ledger"
+TYPES = [
+    "invoice.paid",
+    "invoice.payment_failed",
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "charge.succeeded",
+    "charge.refunded",
+    "checkout.session.completed",
+    "customer.updated",
+]
+STATUSES = [("completed", 94), ("ignored", 3), ("failed", 2), ("dead", 1)]
+_BATCH = 500
+
+
+def seed(db: firestore.Client, count: int, now: datetime) -> dict[str, Any]:
+    """Write `count` records in batches of 500 (8 at a time); what a deep cursor needs."""
+    rng = random.Random(5)  # noqa: S311 - reproducible test data, not secrets
+    statuses = [status for status, weight in STATUSES for _ in range(weight)]
+    collection = db.collection("stripe_events")
+    filler = "x" * 1200
+
+    def record(n: int) -> tuple[str, dict[str, Any]]:
+        received = now - timedelta(seconds=rng.uniform(0, 30 * 86400))
+        event_id = f"evt_bench{n:07d}{uuid.uuid4().hex[:12]}"
+        event_type = TYPES[n % len(TYPES)]
+        status = statuses[n % len(statuses)]
+        payload = json.dumps(
+            {
+                "id": event_id,
+                "object": "event",
+                "type": event_type,
+                "created": int(received.timestamp()),
+                "data": {"object": {"id": f"obj_{n}", "filler": filler}},
+            }
+        )
+        failed = status in ("failed", "dead")
+        return event_id, {
+            "type": event_type,
+            "status": status,
+            "attempts": 5 if status == "dead" else 1,
+            "received_at": received,
+            "updated_at": received,
+            "completed_at": None if failed else received,
+            "lease_expires_at": None,
+            "last_error": "RuntimeError: boom (in app.handler)" if failed else None,
+            "livemode": False,
+            "api_version": "2024-06-20",
+            "created": received,
+            "object_id": f"obj_{n}",
+            "account": None,
+            "expire_at": received + timedelta(days=35),
+            "payload": payload,
+        }
+
+    records = [record(n) for n in range(count)]
+
+    def commit(start: int) -> None:
+        batch = db.batch()
+        for event_id, fields in records[start : start + _BATCH]:
+            batch.set(collection.document(event_id), fields)
+        batch.commit(timeout=120)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(commit, range(0, count, _BATCH)))
+    seconds = time.perf_counter() - started
+    by_time = sorted(records, key=lambda item: item[1]["received_at"], reverse=True)
+    return {
+        "seconds": round(seconds, 1),
+        "per_second": round(count / seconds),
+        "middle_id": by_time[count // 2][0],
+    }
+
+
+def timed(call: Callable[[], Any], repeat: int) -> dict[str, float]:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": round(statistics.median(samples), 1), "max_ms": round(max(samples), 1)}
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(  # noqa: S603 - our own console script
+        [str(CLI), *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{args}: {done.returncode}\n{done.stderr}")
+
+
+@contextmanager
+def emulator_host() -> Iterator[str]:
+    existing = os.environ.get("FIRESTORE_EMULATOR_HOST")
+    if existing:
+        yield existing
+        return
+    with Emulator() as emulator:
+        os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
+        yield emulator.host
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ops_list", description=__doc__)
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "ops_list.json")
+    args = parser.parse_args(argv)
+
+    with emulator_host() as host:
+        project = f"bench-ops-{uuid.uuid4().hex[:8]}"
+        db = firestore.Client(project=project)
+        now = datetime.now(UTC)
+        print(f"seeding {args.records} records into {project} on {host} ...", flush=True)
+        seeded = seed(db, args.records, now)
+        print(f"  {seeded['seconds']} s ({seeded['per_second']}/s)", flush=True)
+
+        ledger = EventLedger(db, Settings(webhook_secrets=(), firestore_timeout_seconds=60))
+        since = now - timedelta(days=1)
+        queries: dict[str, dict[str, Any]] = {
+            "newest 50": {},
+            "--status failed": {"status": "failed"},
+            "--type invoice.paid": {"event_type": "invoice.paid"},
+            "--status dead --type invoice.paid": {"status": "dead", "event_type": "invoice.paid"},
+            "--since 1d": {"since": since},
+            "--after (middle of the ledger)": {"after": seeded["middle_id"]},
+        }
+        in_process = {
+            name: timed(partial(list_events, ledger, limit=50, **query), args.repeat)
+            for name, query in queries.items()
+        }
+        env = {
+            **os.environ,
+            "GOOGLE_CLOUD_PROJECT": project,
+            "STRIPE_FIRESTORE_TIMEOUT_SECONDS": "60",
+        }
+        commands = {
+            "events list": ["events", "list", "--json"],
+            "events list --status dead --type invoice.paid": [
+                "events", "list", "--status", "dead", "--type", "invoice.paid", "--json",
+            ],
+            "events list --after (middle)": [
+                "events", "list", "--after", seeded["middle_id"], "--json",
+            ],
+            "--help (start-up alone)": ["--help"],
+            "stats --since 1d": ["stats", "--since", "1d", "--json"],
+            "stats (all time)": ["stats", "--since", "31d", "--json"],
+            "replay --status dead --dry-run": ["replay", "--status", "dead", "--dry-run", "--json"],
+        }  # fmt: skip
+        console = {
+            name: timed(partial(run_cli, command, env), max(1, args.repeat // 2))
+            for name, command in commands.items()
+        }
+
+    report = {
+        "records": args.records,
+        "seed": seeded,
+        "list_events_in_process": in_process,
+        "console_script": console,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nlist_events (page of 50), in process, p50 / max over {args.repeat}:")
+    for name, figures in in_process.items():
+        print(f"  {name:40} {figures['p50_ms']:>9} ms {figures['max_ms']:>9} ms")
+    print("console script, wall time (start-up included), p50 / max:")
+    for name, figures in console.items():
+        print(f"  {name:50} {figures['p50_ms']:>9} ms {figures['max_ms']:>9} ms")
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
