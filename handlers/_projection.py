@@ -16,9 +16,9 @@ The document therefore always holds the state of the greatest event delivered so
 does not depend on the order of delivery, and an event that does not order after the stored
 state (a late or older event, or a replay) writes nothing. Each document holds the projected
 fields at top level under Stripe's names (null where the object lacks them), plus `livemode`,
-`account`, `last_event_id`, `last_event_created`, and the whole object under `object` (map
-keys Firestore reserves, `__name__`-style, get a `~` appended); the rank of a stored state is
-computed again from its `object`.
+`account`, `last_event_id`, `last_event_created`, and the whole object under `object`
+(adapted where Firestore's limits require, see `handlers._storable`); the rank of a stored
+state is computed again from its `object`.
 
 A projection reads its document through the event's transaction (declared with `reads=`, so
 it is fetched in the one batched read before any handler runs) and writes in the same
@@ -28,7 +28,6 @@ overwriting each other.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 from google.cloud import firestore
 
 from handlers import on
+from handlers._storable import storable_document
 from stripe_ledger.context import HandlerContext
 from stripe_ledger.verify import VerifiedEvent
 
@@ -48,7 +48,6 @@ __all__ = [
     "lifecycle",
     "reference",
     "register_projection",
-    "storable",
 ]
 
 Fields = Callable[[Mapping[str, Any]], dict[str, Any]]
@@ -90,25 +89,6 @@ def reference(value: Any) -> str | None:
     if isinstance(value, Mapping):
         value = value.get("id")
     return value if isinstance(value, str) else None
-
-
-_RESERVED_KEY = re.compile(r"^__.*__$", re.DOTALL)
-
-
-def storable(value: Any) -> Any:
-    """`value` with every map key Firestore reserves (`__name__`) suffixed with `~`.
-
-    Metadata keys are chosen by Stripe's users, and Firestore refuses a document holding a
-    key like `__internal__`: without this, one such key would fail the event forever.
-    """
-    if isinstance(value, Mapping):
-        return {
-            f"{key}~" if _RESERVED_KEY.match(key) else key: storable(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [storable(item) for item in value]
-    return value
 
 
 def has_projectable_id(received: VerifiedEvent) -> bool:
@@ -178,12 +158,12 @@ class Projection:
         """Write this event's state unless the document already holds a later one."""
         ref = self.ref(ctx)
         current = ctx.get(ref).to_dict()  # through the transaction: fetched in the batch
-        document = self.document(ctx.received)
+        document = storable_document(self.document(ctx.received))
         # An event that does not order after the stored state (a late or older event, or a
         # replay of the one that wrote it) would not change the document: no write at all.
         if current is not None and self.order(document) <= self.order(current):
             return
-        ctx.tx.set(ref, storable(document))
+        ctx.tx.set(ref, document)
 
 
 def register_projection(projection: Projection, *event_types: str) -> None:

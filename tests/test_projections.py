@@ -35,7 +35,7 @@ from tests.support import SECRET, RpcCounter, count_rpcs, ledger_record, make_ev
 pytestmark = pytest.mark.emulator
 
 SETTINGS = Settings(webhook_secrets=(SECRET,))
-T = int(time.time())  # recent, so first deliveries are claimed without a read
+T = int(time.time())  # `created` of the events whose exact times matter
 
 
 @pytest.fixture(scope="module")
@@ -265,6 +265,34 @@ class TestStorage:
         assert document["metadata"] == {"__internal__~": "1"}
         assert document["object"]["metadata"] == {"__internal__~": "1"}
 
+    def test_objects_beyond_firestore_limits_are_adapted_not_failed(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        """A 200-level-deep object and one larger than a Firestore document still complete:
+        the deep part is stored as JSON text, the oversized field is left out and named."""
+        deep: dict[str, Any] = {"leaf": True}
+        for _ in range(200):
+            deep = {"n": deep}
+        deep_id, huge_id = fresh("pi"), fresh("pi")
+        for obj in (
+            {"id": deep_id, "object": "payment_intent", "status": "succeeded", "nested": deep},
+            {"id": huge_id, "object": "payment_intent", "status": "succeeded", "blob": "x" * 2**20},
+        ):
+            event = make_event("payment_intent.succeeded", obj)
+            assert deliver(db, registry, event).outcome is Outcome.COMPLETED
+            # A later event reads the stored document back through the transaction.
+            later = make_event("payment_intent.succeeded", obj, created=event["created"] + 1)
+            assert deliver(db, registry, later).outcome is Outcome.COMPLETED
+        deep_document, huge_document = (
+            stored(db, "payments", deep_id),
+            stored(db, "payments", huge_id),
+        )
+        assert deep_document is not None
+        assert huge_document is not None
+        assert deep_document["status"] == huge_document["status"] == "succeeded"
+        assert "blob" not in huge_document["object"]
+        assert huge_document["object_omitted"] == ["blob"]
+
 
 class TestUpdateBeforeCreate:
     def test_update_creates_the_document_and_the_late_create_is_ignored(
@@ -428,9 +456,9 @@ class TestEfficiency:
     ) -> None:
         """An older event after a newer one still costs four calls, but its transaction
         commits the ledger record alone: the projection document is not rewritten."""
-        customer_id = fresh("cus")
-        newer = make_event("customer.updated", {"id": customer_id, "name": "new"}, created=T)
-        older = make_event("customer.updated", {"id": customer_id, "name": "old"}, created=T - 1)
+        customer_id, now = fresh("cus"), int(time.time())  # recent: claimed without a read
+        newer = make_event("customer.updated", {"id": customer_id, "name": "new"}, created=now)
+        older = make_event("customer.updated", {"id": customer_id, "name": "old"}, created=now - 1)
         recorder = record_rpcs(db)
         deliver(db, registry, newer)
         assert f"customers/{customer_id}" in recorder.written()

@@ -10,13 +10,8 @@ from typing import Any
 import pytest
 
 import handlers
-from handlers._projection import (
-    Projection,
-    counters,
-    has_projectable_id,
-    lifecycle,
-    storable,
-)
+from handlers._projection import Projection, counters, has_projectable_id, lifecycle
+from handlers._storable import MAX_DOCUMENT_BYTES, storable_document
 from handlers.catalog import PRICES, price_fields
 from handlers.customers import CUSTOMERS
 from handlers.invoices import INVOICES, invoice_fields
@@ -190,14 +185,38 @@ class TestOrder:
 
 
 class TestStorable:
-    def test_reserved_keys_are_renamed_everywhere_else_untouched(self) -> None:
+    def test_a_real_object_is_stored_unchanged(self) -> None:
+        document = {"status": "active", "object": NEW_SUBSCRIPTION}
+        assert storable_document(document) == document
+
+    def test_reserved_keys_are_renamed_at_any_depth(self) -> None:
         """Keys Firestore reserves (`__x__`) get a `~`, in maps at any depth and in lists."""
         obj = {"metadata": {"__internal__": "1", "_a_": "2"}, "lines": [{"__b__": 3}], "n": 1}
-        assert storable(obj) == {
+        assert storable_document({"object": obj})["object"] == {
             "metadata": {"__internal__~": "1", "_a_": "2"},
             "lines": [{"__b__~": 3}],
             "n": 1,
         }
+
+    def test_too_deep_and_nested_arrays_become_json_text(self) -> None:
+        """A map at depth 20 (its fields would be at 21) and an array in an array are kept
+        as their JSON text; everything shallower stays a map."""
+        deep: dict[str, Any] = {"leaf": True}
+        for _ in range(25):
+            deep = {"n": deep}
+        stored = storable_document({"object": {"nested": deep, "grid": [[1, 2], 3]}})
+        level, original = stored["object"]["nested"], deep  # depth 2
+        for _ in range(18):
+            level, original = level["n"], original["n"]
+        assert isinstance(level, str)  # depth 20
+        assert json.loads(level) == original
+        assert stored["object"]["grid"] == ["[1, 2]", 3]
+
+    def test_an_oversized_object_leaves_out_its_largest_fields(self) -> None:
+        obj = {"id": "cus_1", "status": "x", "blob": "x" * MAX_DOCUMENT_BYTES, "small": "y"}
+        stored = storable_document({"status": "x", "object": obj})
+        assert stored["object"] == {"id": "cus_1", "status": "x", "small": "y"}
+        assert stored["object_omitted"] == ["blob"]
 
 
 class TestApplicability:
