@@ -78,6 +78,8 @@ def table(results: dict[str, Any]) -> str:
         f"the newest state {results['hot_object']['objects_holding_newest_state']}",
         f"  memory of arbiter + worker (MiB): {memory}",
     ]
+    if results.get("cold_start_answers_before_200"):
+        lines.append(f"  answers before a first 200: {results['cold_start_answers_before_200']}")
     if results.get("unexpected_answers"):
         lines.append(f"  UNEXPECTED ANSWERS: {results['unexpected_answers']}")
     lines += ["", f"  {'target':<42} {'measured':>10} {'limit':>10}  {'unit':<7} {'rule':<28}"]

@@ -104,6 +104,7 @@ class FunctionProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.spawned_at = 0.0
         self.listening_after = 0.0
+        self.early_answers: list[str] = []
 
     def spawn(self) -> None:
         """Start the server; `spawned_at` is the `perf_counter` just before the fork."""
@@ -129,6 +130,10 @@ class FunctionProcess:
         self, request: Callable[[], tuple[bytes, dict[str, str]]], timeout: float = 60.0
     ) -> float:
         """Send `request()` until it is answered 200; seconds from spawn to that answer.
+
+        `request` is called again for every request sent, so it can give a new event each
+        time: a retried event could be held by the attempt that failed. Answers other than
+        200 are kept in `early_answers`.
 
         Until gunicorn listens, connections are refused and retried every 5 ms; once it
         listens, the request waits in the socket's backlog for the worker, as a cold
@@ -157,6 +162,7 @@ class FunctionProcess:
             if answer.status == 200:
                 return time.perf_counter() - self.spawned_at
             last = f"{answer.status} {answer.body[:300]!r}"
+            self.early_answers.append(last)
             time.sleep(0.05)
         raise RuntimeError(f"{self.target} gave no 200 within {timeout} s: {last}")
 
