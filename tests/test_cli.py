@@ -109,6 +109,8 @@ class TestBadArguments:
             (["replay", "--status", "completed"], "add --force"),
             (["replay", "evt_1", "--type", "x"], "--type and --since select events"),
             (["send", "/nonexistent/event.json"], "cannot read /nonexistent/event.json"),
+            (["reconcile"], "STRIPE_API_KEY is unset"),
+            (["reconcile", "--since", "31d"], "more than 30 days ago"),
             (["frobnicate"], "invalid choice"),
         ],
     )
@@ -118,8 +120,11 @@ class TestBadArguments:
         message: str,
         capsys: pytest.CaptureFixture[str],
         restore_logging: None,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        """A bad argument: exit status 2 and one JSON line naming the problem, no traceback."""
+        """A bad argument or missing configuration: exit status 2 and one JSON line naming
+        the problem, no traceback."""
+        monkeypatch.delenv("STRIPE_API_KEY", raising=False)
         try:
             status = cli.main(argv)
         except SystemExit as exited:  # argparse's own checks
