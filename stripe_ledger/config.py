@@ -14,10 +14,15 @@ from dataclasses import dataclass
 
 from stripe_ledger.errors import ConfigurationError
 
-__all__ = ["MAX_BODY_BYTES", "Settings"]
+__all__ = ["LEASE_PER_TIMEOUT", "MAX_BODY_BYTES", "Settings"]
 
 MAX_BODY_BYTES = 1024 * 1024
 """Bodies above this size are refused with 413 before they are read."""
+
+LEASE_PER_TIMEOUT = 12
+"""A delivery makes at most this many bounded Firestore calls after claiming an event (three
+transaction attempts of begin, read and commit, a rollback, the failure record, a check), so a
+lease this many times STRIPE_FIRESTORE_TIMEOUT_SECONDS outlives any live delivery."""
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,100}$")
 _MIN_RETENTION_DAYS = 30  # Stripe can resend an event for 30 days.
@@ -47,18 +52,21 @@ class Settings:
         `require_secret=False` is for tools that never verify a delivery (the operations
         CLI): the secret may then be unset, but a secret that is set must still be valid.
         """
+        timeout = _integer(
+            environ, "STRIPE_FIRESTORE_TIMEOUT_SECONDS", cls.firestore_timeout_seconds
+        )
         settings = cls(
             webhook_secrets=_split(environ.get("STRIPE_WEBHOOK_SECRET", "")),
             tolerance_seconds=_integer(environ, "STRIPE_WEBHOOK_TOLERANCE", cls.tolerance_seconds),
             max_attempts=_integer(environ, "STRIPE_MAX_ATTEMPTS", cls.max_attempts),
             retention_days=_integer(environ, "STRIPE_EVENT_RETENTION_DAYS", cls.retention_days),
-            lease_seconds=_integer(environ, "STRIPE_LEASE_SECONDS", cls.lease_seconds),
+            lease_seconds=_integer(
+                environ, "STRIPE_LEASE_SECONDS", max(cls.lease_seconds, LEASE_PER_TIMEOUT * timeout)
+            ),
             redelivery_age_seconds=_integer(
                 environ, "STRIPE_REDELIVERY_AGE_SECONDS", cls.redelivery_age_seconds
             ),
-            firestore_timeout_seconds=_integer(
-                environ, "STRIPE_FIRESTORE_TIMEOUT_SECONDS", cls.firestore_timeout_seconds
-            ),
+            firestore_timeout_seconds=timeout,
             events_collection=environ.get("STRIPE_EVENTS_COLLECTION") or cls.events_collection,
             handler_modules=_split(environ.get("STRIPE_HANDLER_MODULES", "")),
             project=environ.get("GOOGLE_CLOUD_PROJECT") or None,
@@ -90,8 +98,12 @@ class Settings:
                 f"STRIPE_EVENT_RETENTION_DAYS must be at least {_MIN_RETENTION_DAYS}: Stripe can "
                 "resend an event for 30 days, and a forgotten event would be processed again"
             )
-        if self.lease_seconds < 1:
-            raise ConfigurationError("STRIPE_LEASE_SECONDS must be at least 1")
+        if self.lease_seconds < LEASE_PER_TIMEOUT * self.firestore_timeout_seconds:
+            raise ConfigurationError(
+                f"STRIPE_LEASE_SECONDS must be at least {LEASE_PER_TIMEOUT} x "
+                "STRIPE_FIRESTORE_TIMEOUT_SECONDS, the longest a delivery's Firestore calls can "
+                "take: a live delivery must never lose its claim to an expired lease"
+            )
         if self.redelivery_age_seconds < 0:
             raise ConfigurationError("STRIPE_REDELIVERY_AGE_SECONDS must not be negative")
         if self.firestore_timeout_seconds < 1:

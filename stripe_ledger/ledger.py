@@ -215,18 +215,21 @@ class EventLedger:
     def record_failure(self, claim: Claim, error: str, *, counts: bool = True) -> Outcome:
         """Record that the claimed attempt failed with `error`, releasing the claim.
 
-        A failure that `counts` on the attempt number `max_attempts` dead-letters the event;
-        one that does not (Firestore or Stripe unavailable) always leaves it `failed`.
+        A failure that `counts` on the attempt number `max_attempts` dead-letters the event.
+        One that does not (Firestore or Stripe unavailable) leaves it `failed` and gives the
+        attempt back, so that an outage never brings an event closer to the dead letter.
         Returns FAILED, DEAD, or IN_FLIGHT when another delivery has taken the event over
         (its result stands and nothing is written).
         """
         dead = counts and claim.attempt >= self.settings.max_attempts
-        fields = {
+        fields: dict[str, Any] = {
             "status": Status.DEAD if dead else Status.FAILED,
             "last_error": error[:_MAX_ERROR_CHARS],
             "updated_at": self.clock(),
             "lease_expires_at": None,
         }
+        if not counts:
+            fields["attempts"] = claim.attempt - 1
         option = self.db.write_option(last_update_time=claim.update_time)
         try:
             self.ref(claim.event_id).update(fields, option=option)  # pragma: SYNCPOINT ledger

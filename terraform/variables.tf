@@ -165,8 +165,8 @@ variable "firestore_timeout_seconds" {
   default     = 5
 
   validation {
-    condition     = var.firestore_timeout_seconds >= 1 && var.firestore_timeout_seconds < var.timeout_seconds
-    error_message = "firestore_timeout_seconds must be at least 1 and shorter than timeout_seconds."
+    condition     = var.firestore_timeout_seconds >= 1 && 12 * var.firestore_timeout_seconds <= var.timeout_seconds
+    error_message = "firestore_timeout_seconds must be at least 1 and at most timeout_seconds / 12: the claim lease (timeout_seconds) must outlive a delivery's 12 bounded Firestore calls."
   }
 }
 

@@ -50,6 +50,7 @@ def test_several_secrets_and_modules() -> None:
         ({"STRIPE_MAX_ATTEMPTS": "0"}, "at least 1"),
         ({"STRIPE_EVENT_RETENTION_DAYS": "7"}, "at least 30"),
         ({"STRIPE_LEASE_SECONDS": "0"}, "STRIPE_LEASE_SECONDS"),
+        ({"STRIPE_LEASE_SECONDS": "30"}, "at least 12 x STRIPE_FIRESTORE_TIMEOUT_SECONDS"),
         ({"STRIPE_EVENTS_COLLECTION": "a/b"}, "STRIPE_EVENTS_COLLECTION"),
     ],
 )
@@ -58,6 +59,14 @@ def test_unsafe_configuration_is_refused(environ: dict[str, str], message: str) 
     environ = {"STRIPE_WEBHOOK_SECRET": SECRET, **environ}
     with pytest.raises(ConfigurationError, match=message):
         Settings.from_env(environ)
+
+
+def test_the_lease_outlives_the_longest_delivery_by_default() -> None:
+    """Unset, the lease is the larger of 60 s and 12 bounded Firestore calls."""
+    settings = Settings.from_env(
+        {"STRIPE_WEBHOOK_SECRET": SECRET, "STRIPE_FIRESTORE_TIMEOUT_SECONDS": "10"}
+    )
+    assert settings.lease_seconds == 120
 
 
 def test_unset_secret_is_refused() -> None:

@@ -38,7 +38,8 @@ def server_env(project: str, **overrides: str) -> dict[str, str]:
         "STRIPE_WEBHOOK_SECRET": f"{SECRET},{SECOND_SECRET}",
         "STRIPE_HANDLER_MODULES": "tests.handlers_for_tests",
         "STRIPE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-        "STRIPE_LEASE_SECONDS": "2",
+        "STRIPE_FIRESTORE_TIMEOUT_SECONDS": "1",
+        "STRIPE_LEASE_SECONDS": "12",
         **overrides,
     }
 
@@ -178,6 +179,7 @@ class TestFailures:
             project,
             FIRESTORE_EMULATOR_HOST=f"127.0.0.1:{free_port()}",
             STRIPE_FIRESTORE_TIMEOUT_SECONDS="2",
+            STRIPE_LEASE_SECONDS="24",
         )
         function = FunctionServer(env).start()
         try:

@@ -202,6 +202,33 @@ class TestFailures:
         assert (record["status"], record["attempts"]) == ("dead", 3)
         assert effects(db, received.id) == 0
 
+    def test_an_outage_never_brings_an_event_closer_to_the_dead_letter(
+        self, db: firestore.Client
+    ) -> None:
+        """Failures that say Firestore is unavailable answer 503, leave the event `failed`
+        and give the attempt back: with STRIPE_MAX_ATTEMPTS=2, three outages in a row and
+        then a real failure leave the event `failed` on attempt 1, not dead."""
+        from google.api_core.exceptions import ServiceUnavailable
+
+        outage = {"on": True}
+
+        def fail(ctx: HandlerContext) -> bool:
+            if outage["on"]:
+                raise ServiceUnavailable("firestore is down")
+            return True
+
+        registry = counting_registry(fail=fail)
+        ledger = EventLedger(db, settings(max_attempts=2))
+        received = event()
+        for _ in range(3):
+            with pytest.raises(LedgerUnavailable):
+                deliver(db, ledger, registry, received)
+            record = ledger.ref(received.id).get().to_dict() or {}
+            assert (record["status"], record["attempts"]) == ("failed", 0)
+        outage["on"] = False
+        assert deliver(db, ledger, registry, received).outcome is Outcome.FAILED
+        assert ledger.ref(received.id).get().get("attempts") == 1
+
 
 class TestLease:
     def test_a_live_lease_answers_in_flight(self, db: firestore.Client) -> None:

@@ -20,7 +20,7 @@ import main
 
 @functions_framework.http
 def stripe_webhook(request: flask.Request) -> flask.Response:
-    response = main.stripe_webhook(request)
+    response = flask.make_response(main.stripe_webhook(request))
     event_id = json.loads(response.get_data()).get("event_id")
     doomed = Path(os.environ["CRASH_AFTER_COMMIT_FILE"]).read_text().split()
     if event_id in doomed:

@@ -15,7 +15,9 @@ import requests
 
 from tests.support import SECRET, sign
 
-RETRYABLE_CONNECTION = (requests.ConnectionError, requests.Timeout)
+# Any failure to get an answer (refused, reset, cut mid-body by a kill) is what Stripe sees
+# as a failed delivery, and retries.
+NO_ANSWER = requests.RequestException
 
 
 @dataclass
@@ -55,7 +57,7 @@ def post(url: str, event: Mapping[str, Any], session: requests.Session) -> Answe
             timeout=60,
         )
         status = response.status_code
-    except RETRYABLE_CONNECTION:
+    except NO_ANSWER:
         status = 0
     return Answer(str(event["id"]), status, time.monotonic() - started, started)
 
@@ -90,10 +92,12 @@ def deliver_all(
     concurrency: int = 16,
     deadline_seconds: float = 180,
     seed: int = 7,
+    deliveries: Deliveries | None = None,
 ) -> Deliveries:
     """Deliver the events in a shuffled order, each `copies(event)` times at once (the copies
-    are submitted together, so they race each other), every copy retried until accepted."""
-    deliveries = Deliveries()
+    are submitted together, so they race each other), every copy retried until accepted.
+    Attempts are added to `deliveries` as they finish, for callers that watch progress."""
+    deliveries = Deliveries() if deliveries is None else deliveries
     shuffled = list(events)
     random.Random(seed).shuffle(shuffled)
     jobs = [event for event in shuffled for _ in range(copies(event))]

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -47,7 +47,7 @@ def fixture_events(count: int, seed: int = 3) -> list[dict[str, Any]]:
     return events
 
 
-def copies(event: dict[str, Any]) -> int:
+def copies(event: Mapping[str, Any]) -> int:
     """20% of the events are delivered two or three times, the copies at the same moment."""
     roll = zlib.crc32(event["id"].encode()) % 100
     return 1 if roll >= 20 else (2 if roll >= 5 else 3)
