@@ -13,6 +13,7 @@ As a command, it runs another command with an emulator started for it:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -20,9 +21,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -83,17 +86,9 @@ class Emulator:
         process, self._process = self._process, None
         if process is None:
             return
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(grace)
-                if not _group_alive(process.pid):
-                    break
-            except subprocess.TimeoutExpired:
-                continue
+        # A second Ctrl-C while stopping must not leave Java running and holding the port.
+        with _interrupts_deferred():
+            _stop_group(process)
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines the emulator printed."""
@@ -112,6 +107,32 @@ class Emulator:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(grace)
+            if not _group_alive(process.pid):
+                return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _answers(host: str) -> bool:
@@ -143,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give a command to run, after --")
+    # Stopped with SIGTERM, leave through the `with` below so the emulator is stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with Emulator(args.port, args.rules) as emulator:
         print(f"Firestore emulator on {emulator.host}", file=sys.stderr, flush=True)
         env = dict(os.environ, FIRESTORE_EMULATOR_HOST=emulator.host)
