@@ -6,7 +6,10 @@ total order on `(deleted, created, rank, event id)`:
 
 1. a deletion is final: a document marked deleted is only ever replaced by another deletion
    that orders after it, never resurrected by a late update;
-2. a newer `created` wins (Stripe's timestamps have one-second resolution);
+2. a newer `created` wins (Stripe's timestamps have one-second resolution). A state read from
+   Stripe's API (thin events, refetch mode) is as of the moment it was read, not the event's
+   `created`: `last_event_created` then holds that moment, to the millisecond, so that no
+   event older than the read overwrites it;
 3. within the same second, the state further along the object's lifecycle wins (`rank`: the
    stage of `status`, e.g. a subscription's `canceled` over `past_due` over `active`, then
    counters that only grow, e.g. a charge's `amount_refunded`);
@@ -135,7 +138,7 @@ class Projection:
             livemode=received.livemode,
             account=received.account,
             last_event_id=received.id,
-            last_event_created=received.created,
+            last_event_created=received.state_time,
             object=obj,
         )
         return document
@@ -144,12 +147,12 @@ class Projection:
         """Where `obj` stands in its lifecycle (compared only within one second)."""
         return tuple(value for rank in self.ranks for value in rank(obj))
 
-    def order(self, document: Mapping[str, Any]) -> tuple[bool, int, tuple[int, ...], str]:
+    def order(self, document: Mapping[str, Any]) -> tuple[bool, float, tuple[int, ...], str]:
         """Where the state in `document` stands in the projection's total order."""
         obj = document.get("object")
         return (
             document.get("deleted") is True,
-            int(document.get("last_event_created") or 0),
+            float(document.get("last_event_created") or 0),
             self.rank(obj if isinstance(obj, Mapping) else {}),
             str(document.get("last_event_id") or ""),
         )

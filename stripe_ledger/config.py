@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stripe_ledger.errors import ConfigurationError
 
@@ -27,6 +27,7 @@ lease this many times STRIPE_FIRESTORE_TIMEOUT_SECONDS outlives any live deliver
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,100}$")
 _MIN_RETENTION_DAYS = 30  # Stripe can resend an event for 30 days.
 _MAX_TOLERANCE_SECONDS = 300  # stripe's default; a wider window weakens replay protection.
+_API_KEY_PREFIXES = ("sk_", "rk_")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,17 @@ class Settings:
     handler_modules: tuple[str, ...] = ()
     project: str | None = None
     database: str = "(default)"
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
+    stripe_api_timeout_seconds: int = 10
+    refetch: bool = False
+    refetch_exclude: tuple[str, ...] = ()
+
+    def minimum_lease(self) -> int:
+        """The longest a claimed delivery can run: its bounded Firestore calls, and its calls
+        to Stripe's API when a key is configured (thin events, refetch mode)."""
+        api = self.stripe_api_timeout_seconds if self.stripe_api_key else 0
+        return LEASE_PER_TIMEOUT * self.firestore_timeout_seconds + api
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, require_secret: bool = True) -> Settings:
@@ -52,8 +64,15 @@ class Settings:
         `require_secret=False` is for tools that never verify a delivery (the operations
         CLI): the secret may then be unset, but a secret that is set must still be valid.
         """
-        timeout = _integer(
-            environ, "STRIPE_FIRESTORE_TIMEOUT_SECONDS", cls.firestore_timeout_seconds
+        api = cls(
+            webhook_secrets=(),
+            firestore_timeout_seconds=_integer(
+                environ, "STRIPE_FIRESTORE_TIMEOUT_SECONDS", cls.firestore_timeout_seconds
+            ),
+            stripe_api_key=environ.get("STRIPE_API_KEY", "").strip() or None,
+            stripe_api_timeout_seconds=_integer(
+                environ, "STRIPE_API_TIMEOUT_SECONDS", cls.stripe_api_timeout_seconds
+            ),
         )
         settings = cls(
             webhook_secrets=_split(environ.get("STRIPE_WEBHOOK_SECRET", "")),
@@ -61,16 +80,21 @@ class Settings:
             max_attempts=_integer(environ, "STRIPE_MAX_ATTEMPTS", cls.max_attempts),
             retention_days=_integer(environ, "STRIPE_EVENT_RETENTION_DAYS", cls.retention_days),
             lease_seconds=_integer(
-                environ, "STRIPE_LEASE_SECONDS", max(cls.lease_seconds, LEASE_PER_TIMEOUT * timeout)
+                environ, "STRIPE_LEASE_SECONDS", max(cls.lease_seconds, api.minimum_lease())
             ),
             redelivery_age_seconds=_integer(
                 environ, "STRIPE_REDELIVERY_AGE_SECONDS", cls.redelivery_age_seconds
             ),
-            firestore_timeout_seconds=timeout,
+            firestore_timeout_seconds=api.firestore_timeout_seconds,
             events_collection=environ.get("STRIPE_EVENTS_COLLECTION") or cls.events_collection,
             handler_modules=_split(environ.get("STRIPE_HANDLER_MODULES", "")),
             project=environ.get("GOOGLE_CLOUD_PROJECT") or None,
             database=environ.get("FIRESTORE_DATABASE") or cls.database,
+            stripe_api_key=api.stripe_api_key,
+            stripe_api_base=environ.get("STRIPE_API_BASE", "").strip().rstrip("/") or None,
+            stripe_api_timeout_seconds=api.stripe_api_timeout_seconds,
+            refetch=_boolean(environ, "STRIPE_REFETCH"),
+            refetch_exclude=_split(environ.get("STRIPE_REFETCH_EXCLUDE", "")),
         )
         settings.validate(require_secret=require_secret)
         return settings
@@ -98,12 +122,19 @@ class Settings:
                 f"STRIPE_EVENT_RETENTION_DAYS must be at least {_MIN_RETENTION_DAYS}: Stripe can "
                 "resend an event for 30 days, and a forgotten event would be processed again"
             )
-        if self.lease_seconds < LEASE_PER_TIMEOUT * self.firestore_timeout_seconds:
+        if self.lease_seconds < self.minimum_lease():
             raise ConfigurationError(
                 f"STRIPE_LEASE_SECONDS must be at least {LEASE_PER_TIMEOUT} x "
-                "STRIPE_FIRESTORE_TIMEOUT_SECONDS, the longest a delivery's Firestore calls can "
-                "take: a live delivery must never lose its claim to an expired lease"
+                "STRIPE_FIRESTORE_TIMEOUT_SECONDS (+ STRIPE_API_TIMEOUT_SECONDS with an API key), "
+                "the longest a delivery can take: a live delivery must never lose its claim to "
+                f"an expired lease ({self.minimum_lease()} s here)"
             )
+        if self.stripe_api_key and not self.stripe_api_key.startswith(_API_KEY_PREFIXES):
+            raise ConfigurationError("STRIPE_API_KEY is not a Stripe secret or restricted key")
+        if self.stripe_api_timeout_seconds < 1:
+            raise ConfigurationError("STRIPE_API_TIMEOUT_SECONDS must be at least 1")
+        if self.refetch and not self.stripe_api_key:
+            raise ConfigurationError("STRIPE_REFETCH needs STRIPE_API_KEY to read objects")
         if self.redelivery_age_seconds < 0:
             raise ConfigurationError("STRIPE_REDELIVERY_AGE_SECONDS must not be negative")
         if self.firestore_timeout_seconds < 1:
@@ -126,3 +157,12 @@ def _integer(environ: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _boolean(environ: Mapping[str, str], name: str) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigurationError(f"{name} must be true or false, got {raw!r}")

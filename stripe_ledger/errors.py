@@ -9,6 +9,7 @@ __all__ = [
     "MethodNotAllowed",
     "PayloadTooLarge",
     "SignatureError",
+    "StripeUnavailable",
     "WebhookError",
 ]
 
@@ -53,3 +54,8 @@ class ConfigurationError(WebhookError):
 
 class LedgerUnavailable(WebhookError):
     """Firestore could not be reached, or contention was not resolved; Stripe should retry."""
+
+
+class StripeUnavailable(WebhookError):
+    """Stripe's API could not give what the event needs (thin event, refetch); Stripe should
+    retry the delivery."""

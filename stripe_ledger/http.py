@@ -25,6 +25,7 @@ from stripe_ledger.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     SignatureError,
+    StripeUnavailable,
     WebhookError,
 )
 from stripe_ledger.outcomes import Delivery, Outcome
@@ -40,6 +41,7 @@ _ERROR_STATUS: dict[type[WebhookError], tuple[int, int]] = {
     InvalidEvent: (400, logging.WARNING),
     ConfigurationError: (500, logging.CRITICAL),
     LedgerUnavailable: (503, logging.ERROR),
+    StripeUnavailable: (503, logging.ERROR),
 }
 
 _OUTCOME_STATUS: dict[Outcome, tuple[int, int]] = {
@@ -86,7 +88,7 @@ def handle(request: flask.Request, service: Callable[[], WebhookService]) -> fla
     except WebhookError as error:
         status, level = _ERROR_STATUS[type(error)]
         body: dict[str, Any] = {"error": str(error)}
-        if isinstance(error, LedgerUnavailable):
+        if isinstance(error, LedgerUnavailable | StripeUnavailable):
             headers["Retry-After"] = "10"
         fields.update(
             event_id=error.event_id,

@@ -212,6 +212,25 @@ class EventLedger:
             option=self.db.write_option(last_update_time=claim.update_time),
         )
 
+    def complete_without_handlers(self, claim: Claim, note: str) -> Outcome:
+        """Mark the claimed event `completed` with `note`, outside any transaction: for an
+        event whose effect another record already carries (a thin event whose snapshot twin
+        was applied). Returns COMPLETED, or IN_FLIGHT if the claim was lost meanwhile."""
+        now = self.clock()
+        fields = {
+            "status": Status.COMPLETED,
+            "updated_at": now,
+            "completed_at": now,
+            "lease_expires_at": None,
+            "last_note": note,
+        }
+        option = self.db.write_option(last_update_time=claim.update_time)
+        try:
+            self.ref(claim.event_id).update(fields, option=option)
+        except gexc.FailedPrecondition:
+            return Outcome.IN_FLIGHT
+        return Outcome.COMPLETED
+
     def record_failure(self, claim: Claim, error: str, *, counts: bool = True) -> Outcome:
         """Record that the claimed attempt failed with `error`, releasing the claim.
 

@@ -7,7 +7,7 @@ finds the claim or the settled record and runs nothing.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 import google.auth.exceptions
@@ -15,7 +15,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from stripe_ledger.context import HandlerContext
-from stripe_ledger.errors import LedgerUnavailable
+from stripe_ledger.errors import ConfigurationError, LedgerUnavailable, StripeUnavailable
 from stripe_ledger.ledger import RETRYABLE, Claim, EventLedger, Settled
 from stripe_ledger.outcomes import Delivery, Outcome
 
@@ -23,7 +23,10 @@ if TYPE_CHECKING:
     from stripe_ledger.registry import HandlerRegistry, Registration
     from stripe_ledger.verify import VerifiedEvent
 
-__all__ = ["HandlerFailed", "process_claimed", "process_event"]
+__all__ = ["HandlerFailed", "Prepare", "process_claimed", "process_event"]
+
+Prepare = Callable[["VerifiedEvent"], "VerifiedEvent"]
+"""Turns the claimed event into the one its handlers see, outside the transaction."""
 
 _TRANSACTION_ATTEMPTS = 3
 
@@ -61,13 +64,14 @@ def process_event(
     registry: HandlerRegistry,
     reclaim: Collection[str] = RETRYABLE,
     note: str | None = None,
+    prepare: Prepare | None = None,
 ) -> Delivery:
     """Claim `received` and run its handlers in one transaction with its ledger record.
 
     Returns the `Delivery`; raises `LedgerUnavailable` when Firestore cannot be reached or
     contention was not resolved (nothing is applied then, and the claim is released if
     Firestore lets us). `reclaim` and `note` are passed to `EventLedger.claim` (replays use
-    them); live deliveries keep the defaults.
+    them); live deliveries keep the defaults. `prepare` is passed to `process_claimed`.
     """
     # Decided before the claim: an event no handler applies to is recorded `ignored`.
     registrations = registry.applicable(received)
@@ -84,7 +88,9 @@ def process_event(
             error=claim.error,
             retry_after=claim.retry_after,
         )
-    return process_claimed(received, claim, db=db, ledger=ledger, registry=registry)
+    return process_claimed(
+        received, claim, db=db, ledger=ledger, registry=registry, prepare=prepare
+    )
 
 
 def process_claimed(
@@ -94,12 +100,28 @@ def process_claimed(
     db: firestore.Client,
     ledger: EventLedger,
     registry: HandlerRegistry,
+    prepare: Prepare | None = None,
+    also_complete: Sequence[Claim] = (),
 ) -> Delivery:
     """Run the handlers of an event this delivery has claimed, in one transaction with the
-    record's completion; on failure, record it (see `process_event`)."""
+    record's completion; on failure, record it (see `process_event`).
+
+    `prepare`, if given, runs first, after the claim and outside the transaction (it reads
+    Stripe's API: refetch mode); if it raises `StripeUnavailable`, the attempt is released
+    without counting and the error propagates (503). `also_complete` are other claims the
+    same transaction completes (a thin event applied under its snapshot twin's claim).
+    """
+    if prepare is not None:
+        try:
+            received = prepare(received)
+        except (StripeUnavailable, ConfigurationError) as error:
+            ledger.record_failure(claim, f"{type(error).__name__}: {error}", counts=False)
+            raise
     registrations = registry.applicable(received)
     try:
-        _run_transaction(received, claim, db, ledger, registrations)  # pragma: SYNCPOINT ledger
+        _run_transaction(  # pragma: SYNCPOINT ledger
+            received, (claim, *also_complete), db, ledger, registrations
+        )
     except Exception as error:  # noqa: BLE001 - every failure is classified below
         return _after_failure(received, claim, ledger, error)
     return Delivery(Outcome.COMPLETED, received.id, received.type, attempt=claim.attempt)
@@ -107,13 +129,13 @@ def process_claimed(
 
 def _run_transaction(
     received: VerifiedEvent,
-    claim: Claim,
+    claims: tuple[Claim, ...],
     db: firestore.Client,
     ledger: EventLedger,
     registrations: tuple[Registration, ...],
 ) -> None:
     def apply(tx: firestore.Transaction) -> None:
-        ctx = HandlerContext(received, tx, db, claim.attempt)
+        ctx = HandlerContext(received, tx, db, claims[0].attempt)
         declared: list[firestore.DocumentReference] = []
         for registration in registrations:
             if registration.reads is not None:
@@ -128,7 +150,8 @@ def _run_transaction(
                 registration.handler(ctx)
             except Exception as error:
                 raise HandlerFailed(registration.name) from error
-        ledger.complete(tx, claim)  # pragma: SYNCPOINT ledger
+        for claim in claims:
+            ledger.complete(tx, claim)  # pragma: SYNCPOINT ledger
 
     firestore.transactional(apply)(db.transaction(max_attempts=_TRANSACTION_ATTEMPTS))
 

@@ -22,6 +22,7 @@ __all__ = [
     "Reads",
     "Registration",
     "import_handler_modules",
+    "matches",
 ]
 
 Handler = Callable[["HandlerContext"], None]
@@ -91,12 +92,12 @@ class HandlerRegistry:
         cached = self._cache.get(event_type)
         if cached is None:
             seen: set[Handler] = set()
-            matches = []
+            found = []
             for registration in self._registrations:
-                if registration.handler not in seen and _matches(registration.pattern, event_type):
+                if registration.handler not in seen and matches(registration.pattern, event_type):
                     seen.add(registration.handler)
-                    matches.append(registration)
-            cached = self._cache[event_type] = tuple(matches)
+                    found.append(registration)
+            cached = self._cache[event_type] = tuple(found)
         return cached
 
     def applicable(self, received: VerifiedEvent) -> tuple[Registration, ...]:
@@ -108,7 +109,8 @@ class HandlerRegistry:
         return list(dict.fromkeys(r.pattern for r in self._registrations))
 
 
-def _matches(pattern: str, event_type: str) -> bool:
+def matches(pattern: str, event_type: str) -> bool:
+    """Whether `event_type` matches `pattern`: an exact type, `family.*` or `*`."""
     if pattern == "*":
         return True
     if pattern.endswith(".*"):

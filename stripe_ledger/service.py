@@ -17,12 +17,14 @@ from google.cloud import firestore
 
 from stripe_ledger.config import Settings
 from stripe_ledger.errors import ConfigurationError, WebhookError
+from stripe_ledger.fetch import StripeFetcher, refetches
 from stripe_ledger.firestore_client import create_client
 from stripe_ledger.ledger import Clock, EventLedger, utc_now
 from stripe_ledger.outcomes import Delivery
 from stripe_ledger.processing import process_event
 from stripe_ledger.registry import HandlerRegistry, import_handler_modules
-from stripe_ledger.verify import verify_event
+from stripe_ledger.thin import is_thin, process_thin, thin_event_from
+from stripe_ledger.verify import VerifiedEvent, event_from, load_json, verify_signature
 
 __all__ = ["LazyService", "WebhookService", "build_service"]
 
@@ -41,17 +43,35 @@ class WebhookService:
         self.db = db
         self.registry = registry
         self.ledger = EventLedger(db, settings, clock)
+        self.fetcher = StripeFetcher.from_settings(settings)
 
     def deliver(self, body: bytes, signature: str | None) -> Delivery:
-        """Verify one delivery and process its event; raise a `WebhookError` if it can't be."""
-        received = verify_event(
-            body, signature, self.settings.webhook_secrets, self.settings.tolerance_seconds
+        """Verify one delivery and process its event (a snapshot event, or a thin event
+        notification); raise a `WebhookError` if it can't be."""
+        settings = self.settings
+        signed = verify_signature(
+            body, signature, settings.webhook_secrets, settings.tolerance_seconds
         )
+        data = load_json(signed.text)
+        received = (thin_event_from if is_thin(data) else event_from)(data, signed.text)
         try:
-            return process_event(received, db=self.db, ledger=self.ledger, registry=self.registry)
+            return self._process(received, signed.text, signature, signed.secret)
         except WebhookError as error:
             error.event_id, error.event_type = received.id, received.type
             raise
+
+    def _process(
+        self, received: VerifiedEvent, text: str, signature: str | None, secret: str
+    ) -> Delivery:
+        db, ledger, registry, fetcher = self.db, self.ledger, self.registry, self.fetcher
+        if is_thin(received.data):
+            if fetcher is not None:  # stripe's own parser checks and types the notification
+                fetcher.client.parse_event_notification(
+                    text, signature, secret, self.settings.tolerance_seconds
+                )
+            return process_thin(received, fetcher=fetcher, db=db, ledger=ledger, registry=registry)
+        prepare = fetcher.refetched if fetcher and refetches(self.settings, received) else None
+        return process_event(received, db=db, ledger=ledger, registry=registry, prepare=prepare)
 
 
 def build_service(

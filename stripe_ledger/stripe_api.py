@@ -23,7 +23,7 @@ import stripe
 from stripe_ledger.errors import ConfigurationError
 from stripe_ledger.operation_errors import OperationFailed
 
-__all__ = ["ApiRetry", "StripeApi", "client_from_env"]
+__all__ = ["ApiRetry", "StripeApi", "client_from_env", "make_client"]
 
 T = TypeVar("T")
 
@@ -42,11 +42,17 @@ def client_from_env(environ: Mapping[str, str]) -> stripe.StripeClient:
     if not key.startswith(_KEY_PREFIXES):
         raise ConfigurationError("STRIPE_API_KEY is not a Stripe secret or restricted key")
     base = environ.get("STRIPE_API_BASE", "").strip().rstrip("/")
+    return make_client(key, base or None, _HTTP_TIMEOUT_SECONDS)
+
+
+def make_client(key: str, base: str | None, timeout: float) -> stripe.StripeClient:
+    """A client for `key`, sent to `base` when given (tests), each request bounded by
+    `timeout` seconds and never retried by the client itself (`StripeApi.call` retries)."""
     return stripe.StripeClient(
         key,
         base_addresses={"api": base} if base else None,
-        max_network_retries=0,  # StripeApi.call retries, and reports it
-        http_client=stripe.RequestsClient(timeout=_HTTP_TIMEOUT_SECONDS),
+        max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=timeout),
     )
 
 
@@ -84,9 +90,10 @@ class StripeApi:
         self.retries = 0
         """Retries made so far, over every call."""
 
-    def call(self, request: str, send: Callable[[], T]) -> T:
+    def call(self, request: str, send: Callable[[], T], *, deadline: float | None = None) -> T:
         """`send()`, retried; raise `ConfigurationError` for a refused key, else
-        `OperationFailed` once an error is not transient or the retries are spent."""
+        `OperationFailed` once an error is not transient, the retries are spent, or the next
+        retry would start after `deadline` (a `time.monotonic()` value)."""
         retry = 0
         while True:
             try:
@@ -100,13 +107,14 @@ class StripeApi:
                     f"STRIPE_API_KEY may not {request}: {_describe(error)}"
                 ) from error
             except stripe.StripeError as error:
-                if not _transient(error) or retry >= self.max_retries:
+                delay = self._delay(retry + 1, error)
+                late = deadline is not None and time.monotonic() + delay > deadline
+                if not _transient(error) or retry >= self.max_retries or late:
                     spent = f" after {retry} retries" if retry else ""
                     raise OperationFailed(
                         f"Stripe API: {request} failed{spent}: {_describe(error)}"
                     ) from error
                 retry += 1
-                delay = self._delay(retry, error)
                 self.retries += 1
                 if self.on_retry is not None:
                     self.on_retry(

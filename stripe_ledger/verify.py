@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -16,7 +17,15 @@ import stripe
 
 from stripe_ledger.errors import InvalidEvent, SignatureError
 
-__all__ = ["VerifiedEvent", "parse_event", "verify_event", "verify_signature"]
+__all__ = [
+    "Signed",
+    "VerifiedEvent",
+    "check_event_id",
+    "event_from",
+    "load_json",
+    "parse_event",
+    "verify_signature",
+]
 
 # Stripe event IDs are "evt_" and letters, digits or underscores. Checking the shape also keeps
 # characters Firestore forbids in document IDs ("/", "__x__", "..") out of the ledger's keys.
@@ -31,6 +40,19 @@ class VerifiedEvent:
 
     data: dict[str, Any]
     payload: str
+    observed_at: float | None = None
+    """When `data.object` was read from Stripe's API, if it was (thin events, refetch mode):
+    the object then holds its state at that moment, later than the event's `created`."""
+
+    @property
+    def state_time(self) -> float:
+        """The moment `data.object`'s state is from: `observed_at`, else the event's `created`."""
+        return self.observed_at if self.observed_at is not None else self.created
+
+    def with_object(self, obj: dict[str, Any], observed_at: float) -> VerifiedEvent:
+        """This event carrying `obj`, read from the API at `observed_at`, as its object."""
+        data = {**self.data, "data": {**self.data["data"], "object": obj}}
+        return VerifiedEvent(data=data, payload=self.payload, observed_at=observed_at)
 
     @cached_property
     def event(self) -> stripe.Event:
@@ -77,9 +99,17 @@ class VerifiedEvent:
         return account if isinstance(account, str) else None
 
 
+@dataclass(frozen=True)
+class Signed:
+    """A body whose signature matched, as text, and the secret it matched."""
+
+    text: str
+    secret: str = field(repr=False)
+
+
 def verify_signature(
     payload: bytes, header: str | None, secrets: tuple[str, ...], tolerance: int
-) -> str:
+) -> Signed:
     """Check `header` against each secret; return the body as text if one matches.
 
     Raises `SignatureError` with `reason` "missing" (no header), "stale" (a secret matches
@@ -109,26 +139,38 @@ def verify_signature(
                 f"signature timestamp is older than {tolerance} s (replayed or delayed delivery)",
                 reason="stale",
             ) from None
-        return text
+        return Signed(text, secret)
     raise SignatureError(f"signature verification failed: {failure}", reason="invalid")
 
 
-def parse_event(payload: str) -> VerifiedEvent:
-    """Parse a verified body; raise `InvalidEvent` unless it is a Stripe event we can key."""
+def load_json(text: str) -> dict[str, Any]:
+    """The verified body as a JSON object; raise `InvalidEvent` if it is not one."""
     try:
-        data = json.loads(payload)
+        data = json.loads(text)
     except RecursionError:
         raise InvalidEvent("body is nested too deeply") from None
     except ValueError:
         raise InvalidEvent("body is not JSON") from None
     if not isinstance(data, dict):
         raise InvalidEvent("body is not a JSON object")
+    return data
+
+
+def check_event_id(data: Mapping[str, Any]) -> str:
+    """The body's event ID; raise `InvalidEvent` unless it is Stripe-shaped (and so a safe
+    document ID)."""
     event_id = data.get("id")
     if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
         raise InvalidEvent("event has no valid id (expected evt_ followed by letters or digits)")
     event_type = data.get("type")
     if not isinstance(event_type, str) or not _EVENT_TYPE.match(event_type):
         raise InvalidEvent("event has no valid type")
+    return event_id
+
+
+def event_from(data: dict[str, Any], payload: str) -> VerifiedEvent:
+    """A snapshot event from its verified body; raise `InvalidEvent` unless we can key it."""
+    check_event_id(data)
     inner = data.get("data")
     if not isinstance(inner, dict) or not isinstance(inner.get("object"), dict):
         raise InvalidEvent("event has no data.object")
@@ -138,8 +180,6 @@ def parse_event(payload: str) -> VerifiedEvent:
     return VerifiedEvent(data=data, payload=payload)
 
 
-def verify_event(
-    payload: bytes, header: str | None, secrets: tuple[str, ...], tolerance: int
-) -> VerifiedEvent:
-    """Verify the signature of a raw body, then parse it (see the two steps above)."""
-    return parse_event(verify_signature(payload, header, secrets, tolerance))
+def parse_event(payload: str) -> VerifiedEvent:
+    """Parse a verified (or otherwise trusted) snapshot event body; see `event_from`."""
+    return event_from(load_json(payload), payload)

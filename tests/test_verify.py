@@ -8,7 +8,7 @@ import time
 import pytest
 
 from stripe_ledger.errors import InvalidEvent, SignatureError
-from stripe_ledger.verify import parse_event, verify_event, verify_signature
+from stripe_ledger.verify import parse_event, verify_signature
 from tests.support import SECOND_SECRET, SECRET, UNKNOWN_SECRET, make_event, sign
 
 SECRETS = (SECRET, SECOND_SECRET)
@@ -22,12 +22,13 @@ class TestSignature:
     def test_valid_signature_returns_the_text(self) -> None:
         """A body signed with a configured secret verifies and comes back as text."""
         body = _body()
-        assert verify_signature(body.encode(), sign(body), SECRETS, 300) == body
+        assert verify_signature(body.encode(), sign(body), SECRETS, 300).text == body
 
     def test_either_of_two_secrets_verifies(self) -> None:
         """During rotation, a delivery signed with either configured secret is accepted."""
         body = _body()
-        assert verify_signature(body.encode(), sign(body, SECOND_SECRET), SECRETS, 300) == body
+        signed = verify_signature(body.encode(), sign(body, SECOND_SECRET), SECRETS, 300)
+        assert (signed.text, signed.secret) == (body, SECOND_SECRET)
 
     def test_missing_header(self) -> None:
         """No Stripe-Signature header is refused as missing."""
@@ -135,9 +136,11 @@ class TestParse:
             parse_event(json.dumps(make_event("x.y") | {"created": created}))
 
 
-def test_verify_event_checks_the_signature_before_parsing() -> None:
-    """A body that is not JSON but unsigned is refused for its signature, not parsed."""
+def test_the_signature_is_checked_before_anything_is_parsed() -> None:
+    """A body that is not JSON is refused for its signature when unsigned; only a signed one
+    reaches the parser, which refuses it as not JSON."""
     with pytest.raises(SignatureError):
-        verify_event(b"not json", sign("something else"), SECRETS, 300)
+        verify_signature(b"not json", sign("something else"), SECRETS, 300)
+    signed = verify_signature(b"not json", sign("not json"), SECRETS, 300)
     with pytest.raises(InvalidEvent):
-        verify_event(b"not json", sign("not json"), SECRETS, 300)
+        parse_event(signed.text)
