@@ -16,7 +16,7 @@ import google.auth.exceptions
 from google.cloud import firestore
 
 from stripe_ledger.config import Settings
-from stripe_ledger.errors import ConfigurationError, WebhookError
+from stripe_ledger.errors import ConfigurationError, InvalidEvent, WebhookError
 from stripe_ledger.fetch import StripeFetcher, refetches
 from stripe_ledger.firestore_client import create_client
 from stripe_ledger.ledger import Clock, EventLedger, utc_now
@@ -66,9 +66,14 @@ class WebhookService:
         db, ledger, registry, fetcher = self.db, self.ledger, self.registry, self.fetcher
         if is_thin(received.data):
             if fetcher is not None:  # stripe's own parser checks and types the notification
-                fetcher.client.parse_event_notification(
-                    text, signature, secret, self.settings.tolerance_seconds
-                )
+                try:
+                    fetcher.client.parse_event_notification(
+                        text, signature, secret, self.settings.tolerance_seconds
+                    )
+                except (KeyError, TypeError, ValueError) as error:
+                    raise InvalidEvent(
+                        f"thin event notification could not be read: {type(error).__name__}"
+                    ) from None
             return process_thin(received, fetcher=fetcher, db=db, ledger=ledger, registry=registry)
         prepare = fetcher.refetched if fetcher and refetches(self.settings, received) else None
         return process_event(received, db=db, ledger=ledger, registry=registry, prepare=prepare)

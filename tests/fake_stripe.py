@@ -92,7 +92,9 @@ class FakeStripe:
         self.events: list[dict[str, Any]] = []
         self.delivered: set[str] = set()
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        """For routes added later: (collection, id) -> object."""
+        """(collection, id) -> object, served by `serve_objects()`, e.g. ("customers", "cus_1")."""
+        self.v2_events: dict[str, dict[str, Any]] = {}
+        """Event ID -> v2 event (thin events in full), served by `serve_objects()`."""
         self.requests: list[Request] = []
         self._routes: list[tuple[str, re.Pattern[str], Route]] = []
         self._failures: list[_Failure] = []
@@ -120,6 +122,30 @@ class FakeStripe:
             return handler
 
         return register
+
+    def serve_objects(self) -> FakeStripe:
+        """Serve `GET /v1/<collection>/<id>` from `objects` (collections may nest, as in
+        `checkout/sessions`) and `GET /v2/core/events/<id>` from `v2_events`; 404 otherwise."""
+
+        @self.route("GET", r"/v2/core/events/(?P<id>[A-Za-z0-9_]+)")
+        def v2_event(request: Request, match: re.Match[str]) -> Response:
+            with self._lock:
+                found = self.v2_events.get(match["id"])
+            return Response(200, found) if found else not_found(match["id"])
+
+        @self.route("GET", r"/v1/(?P<objects>[a-z_/]+)/(?P<id>[A-Za-z0-9_]+)")
+        def retrieve(request: Request, match: re.Match[str]) -> Response:
+            with self._lock:
+                found = self.objects.get((match["objects"], match["id"]))
+            return Response(200, found) if found else not_found(match["id"])
+
+        return self
+
+    def put_object(self, obj: Mapping[str, Any]) -> None:
+        """Make `obj` (with `id` and `object`) what Stripe's API returns for it now."""
+        collection = str(obj["object"]).replace(".", "/") + "s"
+        with self._lock:
+            self.objects[(collection, str(obj["id"]))] = dict(obj)
 
     def fail(
         self,
