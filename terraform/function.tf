@@ -42,6 +42,9 @@ resource "google_cloudfunctions2_function" "webhook" {
       STRIPE_MAX_ATTEMPTS              = tostring(var.max_attempts)
       STRIPE_EVENT_RETENTION_DAYS      = tostring(var.event_retention_days)
       STRIPE_FIRESTORE_TIMEOUT_SECONDS = tostring(var.firestore_timeout_seconds)
+      STRIPE_API_TIMEOUT_SECONDS       = tostring(var.stripe_api_timeout_seconds)
+      STRIPE_REFETCH                   = tostring(var.refetch)
+      STRIPE_REFETCH_EXCLUDE           = join(",", var.refetch_exclude)
       # A claim is held for as long as a request may run: a delivery that times out releases
       # its event when its lease ends, not before.
       STRIPE_LEASE_SECONDS = tostring(var.timeout_seconds)

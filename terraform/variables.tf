@@ -162,7 +162,7 @@ variable "event_retention_days" {
 variable "firestore_timeout_seconds" {
   description = "Bound on each Firestore call, retries included (STRIPE_FIRESTORE_TIMEOUT_SECONDS)."
   type        = number
-  default     = 5
+  default     = 4
 
   validation {
     condition     = var.firestore_timeout_seconds >= 1 && 12 * var.firestore_timeout_seconds <= var.timeout_seconds
@@ -267,6 +267,34 @@ variable "api_key_secret_version" {
     condition     = var.api_key_secret_version == null || can(regex("^(latest|[1-9][0-9]*)$", var.api_key_secret_version))
     error_message = "api_key_secret_version must be null, \"latest\" or a version number."
   }
+}
+
+variable "stripe_api_timeout_seconds" {
+  description = "Bound on one delivery's calls to Stripe's API, retries included (thin events, refetch mode; STRIPE_API_TIMEOUT_SECONDS)."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.stripe_api_timeout_seconds >= 1 && (var.api_key_secret_version == null || 12 * var.firestore_timeout_seconds + var.stripe_api_timeout_seconds <= var.timeout_seconds)
+    error_message = "With an API key, timeout_seconds (the claim lease) must be at least 12 x firestore_timeout_seconds + stripe_api_timeout_seconds."
+  }
+}
+
+variable "refetch" {
+  description = "Project the current state of each object read from Stripe's API instead of the event's snapshot (STRIPE_REFETCH): one API call per event; needs api_key_secret_version."
+  type        = bool
+  default     = false
+
+  validation {
+    condition     = !var.refetch || var.api_key_secret_version != null
+    error_message = "refetch needs the Stripe API key: set api_key_secret_version."
+  }
+}
+
+variable "refetch_exclude" {
+  description = "Event types (or family.* patterns) projected from the event as sent even in refetch mode (STRIPE_REFETCH_EXCLUDE)."
+  type        = list(string)
+  default     = []
 }
 
 variable "public_invoker" {
