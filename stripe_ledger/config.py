@@ -42,6 +42,8 @@ class Settings:
     redelivery_age_seconds: int = 120
     firestore_timeout_seconds: int = 5
     events_collection: str = "stripe_events"
+    tasks_collection: str = "stripe_tasks"
+    task_max_attempts: int = 10
     handler_modules: tuple[str, ...] = ()
     project: str | None = None
     database: str = "(default)"
@@ -87,6 +89,8 @@ class Settings:
             ),
             firestore_timeout_seconds=api.firestore_timeout_seconds,
             events_collection=environ.get("STRIPE_EVENTS_COLLECTION") or cls.events_collection,
+            tasks_collection=environ.get("STRIPE_TASKS_COLLECTION") or cls.tasks_collection,
+            task_max_attempts=_integer(environ, "STRIPE_TASK_MAX_ATTEMPTS", cls.task_max_attempts),
             handler_modules=_split(environ.get("STRIPE_HANDLER_MODULES", "")),
             project=environ.get("GOOGLE_CLOUD_PROJECT") or None,
             database=environ.get("FIRESTORE_DATABASE") or cls.database,
@@ -143,6 +147,12 @@ class Settings:
             raise ConfigurationError(
                 "STRIPE_EVENTS_COLLECTION must be 1-100 letters, digits, '_' or '-'"
             )
+        if not _COLLECTION_NAME.match(self.tasks_collection):
+            raise ConfigurationError(
+                "STRIPE_TASKS_COLLECTION must be 1-100 letters, digits, '_' or '-'"
+            )
+        if self.task_max_attempts < 1:
+            raise ConfigurationError("STRIPE_TASK_MAX_ATTEMPTS must be at least 1")
 
 
 def _split(value: str) -> tuple[str, ...]:
