@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -13,10 +14,12 @@ if TYPE_CHECKING:
     from google.cloud.firestore import DocumentReference
 
     from stripe_ledger.context import HandlerContext
+    from stripe_ledger.outbox import TaskRun
     from stripe_ledger.verify import VerifiedEvent
 
 __all__ = [
     "Applies",
+    "Executor",
     "Handler",
     "HandlerRegistry",
     "Reads",
@@ -36,7 +39,14 @@ Applies = Callable[["VerifiedEvent"], bool]
 objects with an ID). Decided before the event is claimed, so it must be a pure function of
 the event: an event no handler applies to is recorded `ignored`."""
 
+Executor = Callable[["TaskRun"], object]
+"""A task executor: performs one side effect that handlers enqueued with `ctx.enqueue`, at
+least once, after the event's commit; raises to be run again later (see docs/outbox.md)."""
+
 H = TypeVar("H", bound=Handler)
+E = TypeVar("E", bound=Executor)
+
+_TASK_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._registrations: list[Registration] = []
         self._cache: dict[str, tuple[Registration, ...]] = {}
+        self._executors: dict[str, Executor] = {}
 
     def on(
         self, *event_types: str, reads: Reads | None = None, when: Applies | None = None
@@ -86,6 +97,32 @@ class HandlerRegistry:
             return handler
 
         return register
+
+    def task(self, name: str) -> Callable[[E], E]:
+        """Register the decorated function as the executor of task `name`; return it unchanged.
+
+        Handlers enqueue the task with `ctx.enqueue(name, payload)`. A name has one executor:
+        registering a different function under a taken name raises `ValueError`.
+        """
+        if not isinstance(name, str) or not _TASK_NAME.match(name):
+            raise ValueError(f"invalid task name {name!r}: 1-100 letters, digits, '_', '.' or '-'")
+
+        def register(executor: E) -> E:
+            known = self._executors.get(name)
+            if known is not None and _qualified(known) != _qualified(executor):
+                raise ValueError(f"task {name!r} already has an executor: {_qualified(known)}")
+            self._executors[name] = executor
+            return executor
+
+        return register
+
+    def executor(self, name: str) -> Executor | None:
+        """The executor registered for task `name`, or None."""
+        return self._executors.get(name)
+
+    def task_names(self) -> list[str]:
+        """Every task that has an executor, in registration order."""
+        return list(self._executors)
 
     def handlers_for(self, event_type: str) -> tuple[Registration, ...]:
         """The registrations matching `event_type`, in registration order, each handler once."""
@@ -116,6 +153,10 @@ def matches(pattern: str, event_type: str) -> bool:
     if pattern.endswith(".*"):
         return event_type.startswith(pattern[:-1])
     return pattern == event_type
+
+
+def _qualified(function: Executor) -> str:
+    return f"{function.__module__}.{function.__qualname__}"
 
 
 def import_handler_modules(names: Iterable[str]) -> None:
