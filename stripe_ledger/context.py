@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from google.cloud import firestore
@@ -12,6 +12,7 @@ from stripe_ledger.ledger import Snapshot
 if TYPE_CHECKING:
     import stripe
 
+    from stripe_ledger.outbox import TaskBatch
     from stripe_ledger.verify import VerifiedEvent
 
 __all__ = ["HandlerContext", "ReadAfterWrite"]
@@ -39,11 +40,13 @@ class HandlerContext:
         tx: firestore.Transaction,
         db: firestore.Client,
         attempt: int,
+        tasks: TaskBatch | None = None,
     ) -> None:
         self.received = received
         self.tx = tx
         self.db = db
         self.attempt = attempt
+        self.tasks = tasks
         self._snapshots: dict[str, Snapshot] = {}
 
     @property
@@ -63,6 +66,23 @@ class HandlerContext:
     @property
     def event_type(self) -> str:
         return self.received.type
+
+    def enqueue(
+        self, task: str, payload: Mapping[str, Any] | None = None, *, key: str | None = None
+    ) -> str:
+        """Enqueue a side effect, run after the commit by `task`'s executor; return its key.
+
+        The task is created in this transaction, so it exists if and only if the event's
+        effects do; its executor (`@task(name)`) runs at least once after the commit, with
+        the returned idempotency key. The default key, `{event_id}:{task}:{n}` (the n-th
+        enqueue of `task` by this event's handlers, from 0), is the same on every attempt; an
+        explicit `key` (e.g. `receipt:{invoice_id}`) also deduplicates across events: a key
+        that was enqueued before, by any event, is not enqueued again. Raises `UnknownTask`
+        when no executor is registered for `task` (see docs/outbox.md).
+        """
+        if self.tasks is None:
+            raise RuntimeError("this handler context has no outbox")
+        return self.tasks.add(task, payload, key=key)
 
     def get(self, ref: firestore.DocumentReference) -> Snapshot:
         """Read one document through the transaction (cached for the transaction)."""
