@@ -17,6 +17,7 @@ from google.cloud import firestore
 from stripe_ledger.context import HandlerContext
 from stripe_ledger.errors import ConfigurationError, LedgerUnavailable, StripeUnavailable
 from stripe_ledger.ledger import RETRYABLE, Claim, EventLedger, Settled
+from stripe_ledger.outbox import Outbox, run_enqueued
 from stripe_ledger.outcomes import Delivery, Outcome
 
 if TYPE_CHECKING:
@@ -118,12 +119,14 @@ def process_claimed(
             ledger.record_failure(claim, f"{type(error).__name__}: {error}", counts=False)
             raise
     registrations = registry.applicable(received)
+    outbox = Outbox(db, ledger.settings, registry, ledger.clock)
     try:
-        _run_transaction(  # pragma: SYNCPOINT ledger
-            received, (claim, *also_complete), db, ledger, registrations
+        committed = _run_transaction(  # pragma: SYNCPOINT ledger
+            received, (claim, *also_complete), db, ledger, registrations, outbox
         )
     except Exception as error:  # noqa: BLE001 - every failure is classified below
         return _after_failure(received, claim, ledger, error)
+    run_enqueued(committed)  # the tasks it enqueued, at least once; never raises
     return Delivery(Outcome.COMPLETED, received.id, received.type, attempt=claim.attempt)
 
 
@@ -133,9 +136,11 @@ def _run_transaction(
     db: firestore.Client,
     ledger: EventLedger,
     registrations: tuple[Registration, ...],
-) -> None:
-    def apply(tx: firestore.Transaction) -> None:
-        ctx = HandlerContext(received, tx, db, claims[0].attempt)
+    outbox: Outbox,
+) -> HandlerContext:
+    def apply(tx: firestore.Transaction) -> HandlerContext:
+        tasks = outbox.batch(received, tx)
+        ctx = HandlerContext(received, tx, db, claims[0].attempt, tasks)
         declared: list[firestore.DocumentReference] = []
         for registration in registrations:
             if registration.reads is not None:
@@ -150,10 +155,15 @@ def _run_transaction(
                 registration.handler(ctx)
             except Exception as error:
                 raise HandlerFailed(registration.name) from error
+        tasks.write()  # the tasks the handlers enqueued, created in this transaction
         for claim in claims:
             ledger.complete(tx, claim)  # pragma: SYNCPOINT ledger
+        return ctx
 
-    firestore.transactional(apply)(db.transaction(max_attempts=_TRANSACTION_ATTEMPTS))
+    committed: HandlerContext = firestore.transactional(apply)(
+        db.transaction(max_attempts=_TRANSACTION_ATTEMPTS)
+    )
+    return committed
 
 
 def _after_failure(
