@@ -111,9 +111,10 @@ class RpcCounter(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterce
         self.calls.clear()
 
 
-def count_rpcs(db: firestore.Client) -> RpcCounter:
-    """Route `db`'s RPCs through a counting interceptor (the emulator's insecure channel)."""
-    counter = RpcCounter()
+def count_rpcs(db: firestore.Client, counter: RpcCounter | None = None) -> RpcCounter:
+    """Route `db`'s RPCs through `counter` (a new `RpcCounter` by default), on a channel to the
+    emulator like the client's own."""
+    counter = counter if counter is not None else RpcCounter()
     host = os.environ["FIRESTORE_EMULATOR_HOST"]
     channel = grpc.insecure_channel(host, options=[("Authorization", "Bearer owner")])
     transport = gapic_grpc.FirestoreGrpcTransport(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import threading
 import time
 import uuid
@@ -14,11 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import grpc
 import pytest
 from google.cloud import firestore
-from google.cloud.firestore_v1.services.firestore import client as gapic_client
-from google.cloud.firestore_v1.services.firestore.transports import grpc as gapic_grpc
 
 import handlers
 from handlers.customers import CUSTOMERS
@@ -429,12 +425,7 @@ class RpcRecorder(RpcCounter):
 def record_rpcs(db: firestore.Client) -> RpcRecorder:
     """Like `tests.support.count_rpcs`, keeping the requests too."""
     recorder = RpcRecorder()
-    host = os.environ["FIRESTORE_EMULATOR_HOST"]
-    channel = grpc.insecure_channel(host, options=[("Authorization", "Bearer owner")])
-    transport = gapic_grpc.FirestoreGrpcTransport(
-        host=host, channel=grpc.intercept_channel(channel, recorder)
-    )
-    db._firestore_api_internal = gapic_client.FirestoreClient(transport=transport)
+    count_rpcs(db, recorder)
     return recorder
 
 
