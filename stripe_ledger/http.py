@@ -11,10 +11,12 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import flask
+from google.api_core import exceptions as gexc
 
 from stripe_ledger import logs
 from stripe_ledger.config import MAX_BODY_BYTES
@@ -28,10 +30,14 @@ from stripe_ledger.errors import (
     StripeUnavailable,
     WebhookError,
 )
+from stripe_ledger.outbox import Outbox
 from stripe_ledger.outcomes import Delivery, Outcome
 from stripe_ledger.service import WebhookService
 
-__all__ = ["handle", "read_body"]
+__all__ = ["OUTBOX_RUN_LIMIT", "handle", "handle_outbox", "read_body"]
+
+OUTBOX_RUN_LIMIT = 200
+"""Due tasks one request to the outbox function looks at; the rest wait for the next one."""
 
 _ERROR_STATUS: dict[type[WebhookError], tuple[int, int]] = {
     # error: (HTTP status, log level)
@@ -145,3 +151,57 @@ def _describe(delivery: Delivery, headers: dict[str, str]) -> tuple[dict[str, An
             "fix the cause, then replay it with `stripe-ledger replay`",
         )
     return {"status": outcome.value, "event_id": event_id}, f"event {event_id} {outcome.value}"
+
+
+def handle_outbox(request: flask.Request, service: Callable[[], WebhookService]) -> flask.Response:
+    """Answer one request to the outbox function (Cloud Scheduler's): run the due tasks.
+
+    No run is started after half the lease (the function's timeout), so that those started
+    end before the platform stops the request. 200 with counts once the run is over, whatever
+    the executors did: their failures are recorded on the tasks and retried with backoff.
+    503 when Firestore cannot be queried, 500 when the function is misconfigured. One JSON
+    log line per request, besides one per task run.
+    """
+    started = time.perf_counter()
+    fields: dict[str, Any] = logs.trace_fields(
+        request.headers.get("X-Cloud-Trace-Context"),
+        request.headers.get("traceparent"),
+        os.environ.get("GOOGLE_CLOUD_PROJECT"),
+    )
+    headers: dict[str, str] = {}
+    unexpected: Exception | None = None
+    try:
+        runner = service()
+        if request.method != "POST":
+            headers["Allow"] = "POST"
+            raise MethodNotAllowed(f"method {request.method} not allowed; the scheduler sends POST")
+        outbox = Outbox(runner.db, runner.settings, runner.registry, runner.ledger.clock)
+        deadline = time.monotonic() + runner.settings.lease_seconds / 2
+        try:
+            results = outbox.run_due(limit=OUTBOX_RUN_LIMIT, deadline=deadline)
+        except (gexc.GoogleAPICallError, gexc.RetryError) as error:
+            raise LedgerUnavailable(f"Firestore unavailable: {type(error).__name__}") from error
+    except WebhookError as error:
+        status, level = _ERROR_STATUS[type(error)]
+        body: dict[str, Any] = {"error": str(error)}
+        fields.update(status="rejected" if status < 500 else "error", error=str(error))
+        message = f"outbox run: {type(error).__name__}: {error}"
+    except Exception as error:  # noqa: BLE001 - a bug must still answer, and be logged
+        status, level = 500, logging.ERROR
+        body = {"error": "internal error"}
+        fields.update(status="error", error=f"{type(error).__name__}: {error}")
+        message = "unexpected error while running the outbox"
+        unexpected = error
+    else:
+        counts = Counter(result.outcome for result in results)
+        status = 200
+        level = logging.INFO if all(result.ok for result in results) else logging.WARNING
+        body = {"due": len(results), "counts": dict(counts)}
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+        message = f"outbox run: {summary or 'no task is due'}"
+        fields.update(task_counts=dict(counts))
+    fields.update(http_status=status, duration_ms=round((time.perf_counter() - started) * 1000, 1))
+    logs.log(level, message, exc_info=unexpected, **fields)
+    return flask.Response(
+        json.dumps(body), status=status, headers=headers, mimetype="application/json"
+    )
