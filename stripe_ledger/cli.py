@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress as RichProgress
 
     from stripe_ledger.operations import Progress, Stats
+    from stripe_ledger.outbox import Outbox
     from stripe_ledger.service import WebhookService
 
 __all__ = ["main"]
@@ -42,6 +43,7 @@ PROG = "stripe-ledger"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 _STATUSES = ("processing", "completed", "ignored", "failed", "dead")
+_TASK_STATUSES = ("pending", "running", "done", "dead")
 _STATUS_STYLES = {
     "completed": "green",
     "ignored": "dim",
@@ -259,6 +261,57 @@ def _parser() -> argparse.ArgumentParser:
     _since_argument(stats, "records received since then (default 1d)", "1d")
     _json_argument(stats)
     stats.set_defaults(run=_stats, command="stats")
+
+    outbox = _command(
+        commands,
+        "outbox",
+        "list and run the side-effect tasks handlers enqueued",
+        "See and run the outbox: the tasks handlers enqueue with ctx.enqueue, created in\n"
+        "their event's transaction and run after its commit by their @task executor.\n"
+        "See docs/outbox.md.",
+    )
+    outbox_commands = outbox.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    tasks = _command(
+        outbox_commands,
+        "list",
+        "list tasks, newest first",
+        "List outbox tasks newest first: key, task, status, runs, next run (UTC), event and\n"
+        "the last error. pending: waiting for its first run, or for its next one after a\n"
+        "failure; running: claimed by a run (until its lease ends); done; dead: failed on\n"
+        "its last allowed run (STRIPE_TASK_MAX_ATTEMPTS).",
+        "examples:\n"
+        "  stripe-ledger outbox list --status dead\n"
+        "  stripe-ledger outbox list --status pending --task send_receipt --json",
+    )
+    tasks.add_argument("--status", choices=_TASK_STATUSES, help="only tasks in this status")
+    tasks.add_argument("--task", metavar="NAME", help="only tasks of this name")
+    tasks.add_argument(
+        "--limit", type=_positive, default=50, help="at most this many tasks (default 50)"
+    )
+    _json_argument(tasks)
+    tasks.set_defaults(run=_outbox_list, command="outbox list")
+
+    run = _command(
+        outbox_commands,
+        "run",
+        "run the tasks that are due",
+        "Run the due tasks with the handlers' executors (STRIPE_HANDLER_MODULES): pending\n"
+        "tasks whose next run has come (a failed run is retried after 30 s, 1 min, 2 min,\n"
+        "... up to 1 h, with jitter), and running tasks whose lease ended (their process\n"
+        "died). Each is claimed first, so a run racing the scheduled job or another\n"
+        "operator still runs a task once; one whose executor fails is rescheduled, or dead\n"
+        "after STRIPE_TASK_MAX_ATTEMPTS runs. Exit status 1 if any run failed.",
+        "examples:\n"
+        "  stripe-ledger outbox run --dry-run\n"
+        "  stripe-ledger outbox run --limit 500 --json",
+    )
+    run.add_argument(
+        "--limit", type=_positive, default=100, help="at most this many tasks (default 100)"
+    )
+    _dry_run_argument(run, "list the tasks that would run")
+    _workers_argument(run)
+    _json_argument(run)
+    run.set_defaults(run=_outbox_run, command="outbox run")
     return parser
 
 
@@ -607,6 +660,79 @@ def _stats(args: argparse.Namespace) -> int:
             f"received {_when(oldest['received_at'])} UTC)"
         )
     return EXIT_OK
+
+
+def _outbox_list(args: argparse.Namespace) -> int:
+    service = _service()
+    page = _outbox(service).list_tasks(status=args.status, task=args.task, limit=args.limit)
+    if args.json:
+        _print_json({"tasks": page.records, "more": page.more})
+        return EXIT_OK
+    rows = [
+        (
+            record.get("key"),
+            record.get("task"),
+            record.get("status"),
+            record.get("attempts"),
+            record.get("next_attempt_at"),
+            record.get("event_id"),
+            _shorten(record.get("last_error"), 80) or None,
+        )
+        for record in page.records
+    ]
+    columns = ("key", "task", "status", "runs", "next run (UTC)", "event", "last error")
+    _print_results(columns, rows, None, "")
+    console = _stdout()
+    if not rows:
+        console.print("no tasks match")
+    if page.more:
+        console.print(f"more: raise --limit (now {args.limit}) to see them")
+    return EXIT_OK
+
+
+def _outbox_run(args: argparse.Namespace) -> int:
+    service = _service()
+    outbox = _outbox(service)
+    with _progress() as bars:
+        advance = bars.bar("Running tasks" if not args.dry_run else "Checking", None)
+        results = outbox.run_due(
+            limit=args.limit,
+            dry_run=args.dry_run,
+            workers=args.workers,
+            on_result=lambda result: advance(1),
+        )
+    counts = Counter(result.outcome for result in results)
+    ok = all(result.ok for result in results)
+    logs.log(
+        logging.INFO if ok else logging.ERROR,
+        f"outbox run finished: {_counted(counts) or 'no task is due'}",
+        command="outbox run",
+        counts=dict(counts),
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        _print_json(
+            {
+                "dry_run": args.dry_run,
+                "due": len(results),
+                "counts": dict(counts),
+                "tasks": [result.to_dict() for result in results],
+            }
+        )
+    else:
+        rows = [
+            (r.key, r.task, r.status_before, r.outcome, r.attempt, r.next_attempt_at, r.error)
+            for r in results
+        ]
+        columns = ("key", "task", "was", "outcome", "run", "next run (UTC)", "error")
+        _print_results(columns, rows, counts, "outbox run")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _outbox(service: WebhookService) -> Outbox:
+    from stripe_ledger.outbox import Outbox
+
+    return Outbox(service.db, service.settings, service.registry, service.ledger.clock)
 
 
 def _stats_document(counted: Stats) -> dict[str, Any]:
