@@ -527,15 +527,17 @@ class Outbox:
         now = self.clock()
         found: list[Snapshot] = []
         for status in (TaskStatus.PENDING, TaskStatus.RUNNING):
-            query = (
-                self.collection.where(filter=FieldFilter("status", "==", status))
-                .where(filter=FieldFilter("next_attempt_at", "<=", now))
-                .order_by("next_attempt_at")
-                .limit(limit)
-            )
-            found.extend(query.stream())
+            found.extend(self.due_query(status, now).limit(limit).stream())
         found.sort(key=lambda snapshot: snapshot.get("next_attempt_at"))
         return found[:limit]
+
+    def due_query(self, status: str, now: datetime) -> firestore.Query:
+        """Tasks in `status` whose `next_attempt_at` has come, oldest first."""
+        return (
+            self.collection.where(filter=FieldFilter("status", "==", status))
+            .where(filter=FieldFilter("next_attempt_at", "<=", now))
+            .order_by("next_attempt_at")
+        )
 
     def run_due(
         self,
@@ -582,15 +584,19 @@ class Outbox:
         Fits the composite indexes (status, created_at DESC), (task, created_at DESC) and
         (status, task, created_at DESC), or the single-field index on `created_at`.
         """
+        query = self.list_query(status=status, task=task).select(LIST_FIELDS)
+        snapshots = list(query.limit(limit + 1).stream())
+        records = [{"id": s.id, **(s.to_dict() or {})} for s in snapshots[:limit]]
+        return TaskPage(records, more=len(snapshots) > limit)
+
+    def list_query(self, *, status: str | None = None, task: str | None = None) -> firestore.Query:
+        """Tasks in `status` and of `task` (either optional), newest first."""
         query: firestore.Query = self.collection  # type: ignore[assignment]
         if status is not None:
             query = query.where(filter=FieldFilter("status", "==", status))
         if task is not None:
             query = query.where(filter=FieldFilter("task", "==", task))
-        query = query.order_by("created_at", direction=firestore.Query.DESCENDING)
-        snapshots = list(query.select(LIST_FIELDS).limit(limit + 1).stream())
-        records = [{"id": s.id, **(s.to_dict() or {})} for s in snapshots[:limit]]
-        return TaskPage(records, more=len(snapshots) > limit)
+        return query.order_by("created_at", direction=firestore.Query.DESCENDING)
 
 
 def run_enqueued(ctx: HandlerContext) -> list[TaskResult]:
