@@ -102,6 +102,31 @@ resource "google_firestore_index" "ledger" {
   }
 }
 
+# The outbox's queries: the due tasks of a status, oldest first (`Outbox.due`, for
+# `stripe-ledger outbox run` and the scheduled runner), and the listings of
+# `stripe-ledger outbox list --status ... --task ...`, newest first.
+resource "google_firestore_index" "tasks" {
+  for_each = {
+    status_next_attempt = [["status", "ASCENDING"], ["next_attempt_at", "ASCENDING"]]
+    status_created      = [["status", "ASCENDING"], ["created_at", "DESCENDING"]]
+    task_created        = [["task", "ASCENDING"], ["created_at", "DESCENDING"]]
+    status_task_created = [["status", "ASCENDING"], ["task", "ASCENDING"], ["created_at", "DESCENDING"]]
+  }
+
+  project     = var.project_id
+  database    = google_firestore_database.ledger.name
+  collection  = var.tasks_collection
+  query_scope = "COLLECTION"
+
+  dynamic "fields" {
+    for_each = each.value
+    content {
+      field_path = fields.value[0]
+      order      = fields.value[1]
+    }
+  }
+}
+
 # firestore.rules refuses every client read and write. The function's service account
 # authenticates with IAM, which Firestore security rules do not apply to.
 resource "google_firebaserules_ruleset" "firestore" {

@@ -38,8 +38,10 @@ resource "google_cloudfunctions2_function" "webhook" {
       GOOGLE_CLOUD_PROJECT             = var.project_id
       FIRESTORE_DATABASE               = google_firestore_database.ledger.name
       STRIPE_EVENTS_COLLECTION         = var.events_collection
+      STRIPE_TASKS_COLLECTION          = var.tasks_collection
       STRIPE_HANDLER_MODULES           = join(",", var.handler_modules)
       STRIPE_MAX_ATTEMPTS              = tostring(var.max_attempts)
+      STRIPE_TASK_MAX_ATTEMPTS         = tostring(var.task_max_attempts)
       STRIPE_EVENT_RETENTION_DAYS      = tostring(var.event_retention_days)
       STRIPE_FIRESTORE_TIMEOUT_SECONDS = tostring(var.firestore_timeout_seconds)
       STRIPE_API_TIMEOUT_SECONDS       = tostring(var.stripe_api_timeout_seconds)

@@ -25,6 +25,33 @@ resource "google_logging_metric" "dead_lettered" {
   }
 }
 
+# An outbox task dead-lettered: its executor failed on every allowed run (or its runs kept
+# dying), in the webhook (first run) or the outbox runner (retries). It needs a fix; see
+# docs/outbox.md for how to run it again.
+resource "google_logging_metric" "dead_tasks" {
+  project     = var.project_id
+  name        = "${var.function_name}/dead_tasks"
+  description = "Outbox tasks of ${var.function_name} dead-lettered after their last run."
+  filter      = "resource.type=\"cloud_run_revision\" AND (resource.labels.service_name=\"${var.function_name}\" OR resource.labels.service_name=\"${var.outbox_function_name}\") AND severity=ERROR AND jsonPayload.task_status=\"dead\""
+
+  metric_descriptor {
+    metric_kind  = "DELTA"
+    value_type   = "INT64"
+    unit         = "1"
+    display_name = "Dead-lettered outbox tasks"
+
+    labels {
+      key         = "task"
+      value_type  = "STRING"
+      description = "The task's name (its @task executor)"
+    }
+  }
+
+  label_extractors = {
+    task = "EXTRACT(jsonPayload.task)"
+  }
+}
+
 # A delivery refused for its signature: none, not matching any configured secret, or too old.
 # A burst means a wrong or rotated secret, or someone probing the endpoint.
 resource "google_logging_metric" "signature_failures" {
@@ -98,6 +125,45 @@ resource "google_monitoring_alert_policy" "dead_lettered" {
   documentation {
     mime_type = "text/markdown"
     content   = "A Stripe event failed on every attempt and was dead-lettered (status `dead` in the ledger). Find it with `stripe-ledger events list --status dead`, fix the cause, then `stripe-ledger replay EVENT_ID`."
+  }
+}
+
+resource "google_monitoring_alert_policy" "dead_tasks" {
+  project               = var.project_id
+  display_name          = "${var.function_name}: outbox task dead-lettered"
+  combiner              = "OR"
+  severity              = "ERROR"
+  notification_channels = local.notification_channels
+
+  conditions {
+    display_name = "At least one outbox task dead-lettered"
+
+    condition_threshold {
+      filter          = "resource.type=\"cloud_run_revision\" AND metric.type=\"logging.googleapis.com/user/${google_logging_metric.dead_tasks.name}\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "0s"
+
+      aggregations {
+        alignment_period     = "300s"
+        per_series_aligner   = "ALIGN_SUM"
+        cross_series_reducer = "REDUCE_SUM"
+        group_by_fields      = ["metric.label.task"]
+      }
+
+      trigger {
+        count = 1
+      }
+    }
+  }
+
+  alert_strategy {
+    auto_close = "86400s"
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "An outbox task failed on every allowed run (status `dead`): its side effect did not happen. Find it with `stripe-ledger outbox list --status dead`, read its `last_error`, fix the cause, then run it again as docs/outbox.md explains."
   }
 }
 

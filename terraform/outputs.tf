@@ -28,6 +28,16 @@ output "api_key_secret_id" {
   value       = google_secret_manager_secret.api_key.secret_id
 }
 
+output "outbox_function_uri" {
+  description = "The private outbox runner's URL (Cloud Scheduler calls it; nobody else may)."
+  value       = google_cloudfunctions2_function.outbox.service_config[0].uri
+}
+
+output "outbox_invoker_service_account" {
+  description = "The service account Cloud Scheduler invokes the outbox runner as."
+  value       = google_service_account.outbox_invoker.email
+}
+
 output "firestore_database" {
   description = "The Firestore database of the ledger and projections."
   value       = google_firestore_database.ledger.name

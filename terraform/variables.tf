@@ -192,6 +192,72 @@ variable "tasks_collection" {
   }
 }
 
+variable "task_max_attempts" {
+  description = "Runs after which an outbox task whose executor keeps failing is dead-lettered (STRIPE_TASK_MAX_ATTEMPTS); with the backoff (30 s doubling to 1 h) 10 runs span about 3 to 5 hours."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.task_max_attempts >= 1 && floor(var.task_max_attempts) == var.task_max_attempts
+    error_message = "task_max_attempts must be a whole number, at least 1."
+  }
+}
+
+variable "outbox_function_name" {
+  description = "Name of the private function (and Cloud Run service, and Cloud Scheduler job) that runs the due outbox tasks."
+  type        = string
+  default     = "stripe-webhook-outbox"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,47}[a-z0-9]$", var.outbox_function_name))
+    error_message = "outbox_function_name must be 2-49 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "outbox_schedule" {
+  description = "When Cloud Scheduler runs the due outbox tasks, as a cron expression in UTC (default: every minute)."
+  type        = string
+  default     = "* * * * *"
+
+  validation {
+    condition     = length(split(" ", trimspace(var.outbox_schedule))) == 5
+    error_message = "outbox_schedule must be a cron expression of five fields, such as \"* * * * *\" or \"*/5 * * * *\"."
+  }
+}
+
+variable "outbox_timeout_seconds" {
+  description = "Longest one run of the outbox function may take, and the lease of the tasks it claims; it starts no task after half of it."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.outbox_timeout_seconds >= var.timeout_seconds && var.outbox_timeout_seconds <= 1800
+    error_message = "outbox_timeout_seconds must be at least timeout_seconds (its lease must outlive the same bounded calls) and at most 1800 (Cloud Scheduler's longest attempt)."
+  }
+}
+
+variable "outbox_ingress" {
+  description = "Ingress of the outbox function. ALLOW_INTERNAL_ONLY admits Cloud Scheduler's calls to its run.app URL from the same project; ALLOW_ALL is the fallback where a network setup (a VPC Service Controls perimeter that leaves Cloud Scheduler out) refuses them. Either way a call needs the invoker's OIDC token."
+  type        = string
+  default     = "ALLOW_INTERNAL_ONLY"
+
+  validation {
+    condition     = contains(["ALLOW_INTERNAL_ONLY", "ALLOW_ALL"], var.outbox_ingress)
+    error_message = "outbox_ingress must be ALLOW_INTERNAL_ONLY or ALLOW_ALL."
+  }
+}
+
+variable "outbox_invoker_service_account_id" {
+  description = "Account ID of the service account Cloud Scheduler calls the outbox function as (roles/run.invoker on that function only)."
+  type        = string
+  default     = "stripe-outbox-invoker"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.outbox_invoker_service_account_id))
+    error_message = "outbox_invoker_service_account_id must be 6-30 lowercase letters, digits or hyphens."
+  }
+}
+
 variable "projection_collections" {
   description = "Collections of the projections (one document per Stripe object, whole object under `object`, which is exempt from indexing). Add the collections of your own handlers."
   type        = list(string)

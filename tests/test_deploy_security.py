@@ -260,7 +260,9 @@ class TestFirestore:
     def test_composite_indexes_of_the_operations_queries(self) -> None:
         """(status, received_at desc), (type, received_at desc) and
         (status, type, received_at desc) on the ledger."""
-        (index,) = configuration().of_type("google_firestore_index")
+        declared = {block.address for block in configuration().of_type("google_firestore_index")}
+        assert declared == {"google_firestore_index.ledger", "google_firestore_index.tasks"}
+        index = configuration().resource("google_firestore_index.ledger")
         assert index.get("collection") == "${var.events_collection}"
         assert index.get("query_scope") == "COLLECTION"
         (dynamic,) = dynamic_blocks(index.body, "fields")
