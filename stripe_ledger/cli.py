@@ -312,6 +312,25 @@ def _parser() -> argparse.ArgumentParser:
     _workers_argument(run)
     _json_argument(run)
     run.set_defaults(run=_outbox_run, command="outbox run")
+
+    retry = _command(
+        outbox_commands,
+        "retry",
+        "run dead tasks again, once their cause is fixed",
+        "Make dead tasks pending again, due now and with their runs counted from 0 (the\n"
+        "task records who did it in last_note, and how often in revived), then run them\n"
+        "like `outbox run`. Name tasks by key, or select every dead one with --dead\n"
+        "(and --task). Tasks that are not dead are left alone.",
+        "examples:\n"
+        "  stripe-ledger outbox retry --dead --task send_receipt --dry-run\n"
+        "  stripe-ledger outbox retry receipt:in_1Nx...",
+    )
+    retry.add_argument("keys", nargs="*", metavar="KEY", help="idempotency keys of tasks")
+    retry.add_argument("--dead", action="store_true", help="every dead task (see --task)")
+    retry.add_argument("--task", metavar="NAME", help="with --dead: only tasks of this name")
+    _dry_run_argument(retry, "list the tasks that would run again")
+    _json_argument(retry)
+    retry.set_defaults(run=_outbox_retry, command="outbox retry")
     return parser
 
 
@@ -727,6 +746,69 @@ def _outbox_run(args: argparse.Namespace) -> int:
         columns = ("key", "task", "was", "outcome", "run", "next run (UTC)", "error")
         _print_results(columns, rows, counts, "outbox run")
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def _outbox_retry(args: argparse.Namespace) -> int:
+    import getpass
+
+    from stripe_ledger.outbox import TaskResult
+
+    if bool(args.keys) == args.dead:
+        raise UsageError("outbox retry: give task keys or --dead, not both (see --help)")
+    if args.task and not args.dead:
+        raise UsageError("outbox retry: --task selects tasks with --dead")
+    service = _service()
+    outbox = _outbox(service)
+    if args.dead:
+        keys = [str(record["key"]) for record in _all_tasks(outbox, status="dead", task=args.task)]
+    else:
+        keys = list(dict.fromkeys(args.keys))
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "unknown"
+    note = (
+        f"revived by stripe-ledger (user {user}) at {outbox.clock().isoformat(timespec='seconds')}"
+    )
+    results: list[TaskResult] = []
+    with _progress() as bars:
+        advance = bars.bar("Retrying" if not args.dry_run else "Checking", len(keys))
+        for key in keys:
+            result = outbox.revive(key, note=note, dry_run=args.dry_run)
+            if result.outcome == "revived":
+                result = outbox.run_key(key)
+            results.append(result)
+            advance(1)
+    counts = Counter(result.outcome for result in results)
+    ok = all(result.ok for result in results)
+    logs.log(
+        logging.INFO if ok else logging.ERROR,
+        f"outbox retry finished: {_counted(counts) or 'no dead task'}",
+        command="outbox retry",
+        counts=dict(counts),
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        _print_json(
+            {
+                "dry_run": args.dry_run,
+                "selected": len(keys),
+                "counts": dict(counts),
+                "tasks": [result.to_dict() for result in results],
+            }
+        )
+    else:
+        rows = [(r.key, r.task, r.status_before, r.outcome, r.attempt, r.error) for r in results]
+        columns = ("key", "task", "was", "outcome", "run", "error")
+        _print_results(columns, rows, counts, "outbox retry")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _all_tasks(outbox: Outbox, *, status: str, task: str | None) -> list[dict[str, Any]]:
+    from stripe_ledger.operations import scan
+
+    query = outbox.list_query(status=status, task=task).select(["key", "created_at"])
+    return [snapshot.to_dict() or {} for snapshot in scan(query)]
 
 
 def _outbox(service: WebhookService) -> Outbox:

@@ -81,7 +81,7 @@ LIST_FIELDS = (
 _KEY = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: an HTTP header value as it is
 _MAX_ERROR_CHARS = 1000
 _UNAVAILABLE = (gexc.GoogleAPICallError, gexc.RetryError)
-_OK = frozenset({"done", "in_flight", "not_due", "skipped", "would_run", "deferred"})
+_OK = frozenset({"done", "in_flight", "not_due", "skipped", "would_run", "deferred", "revived"})
 
 
 class TaskStatus(enum.StrEnum):
@@ -130,7 +130,8 @@ class TaskResult:
     `lease_lost` (the executor ran, but past its lease, and another run took the task over);
     `in_flight` (another run holds it); `not_due`; `skipped` (already done or dead);
     `no_executor` (none registered here for its task); `unavailable` (Firestore);
-    `would_run` (dry run); `deferred` (the run's time budget was spent).
+    `would_run` (dry run); `deferred` (the run's time budget was spent); `revived` (a dead
+    task made pending again by `revive`); `missing` (no such task).
     """
 
     key: str
@@ -573,6 +574,43 @@ class Outbox:
         snapshots = self.due(limit)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             return list(pool.map(one, snapshots))
+
+    def revive(self, key: str, *, note: str, dry_run: bool = False) -> TaskResult:
+        """Make the dead task `key` pending again, due now, with its runs counted from 0.
+
+        For an operator, once the cause of its failures is fixed: `revived` counts how often,
+        and `last_note` says who did it. A compare-and-set, so it never races a run. Tasks
+        that are not dead are `skipped`.
+        """
+        try:
+            snapshot = self.ref(key).get()
+        except _UNAVAILABLE as error:
+            return TaskResult(key, None, None, None, "unavailable", error=_describe(error))
+        if not snapshot.exists:
+            return TaskResult(key, None, None, None, "missing", error="no such task")
+        record = snapshot.to_dict() or {}
+        task, status, event_id = record.get("task"), record.get("status"), record.get("event_id")
+        attempts = record.get("attempts")
+        if status != TaskStatus.DEAD:
+            reason = f"{status}, not dead"
+            return TaskResult(key, task, event_id, status, "skipped", attempts, error=reason)
+        if dry_run:
+            return TaskResult(key, task, event_id, status, "would_run", attempts)
+        now = self.clock()
+        fields = {
+            "status": TaskStatus.PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "lease_expires_at": None,
+            "updated_at": now,
+            "last_note": note,
+            "revived": firestore.Increment(1),
+            "expire_at": now + timedelta(days=self.settings.retention_days),
+        }
+        assert snapshot.update_time is not None
+        if self._compare_and_set(snapshot.reference, snapshot.update_time, fields) is None:
+            return TaskResult(key, task, event_id, status, "in_flight", attempts)
+        return TaskResult(key, task, event_id, status, "revived", 0, next_attempt_at=now)
 
     # --- listing --------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ function, the console script and `run_outbox` (STRIPE_HANDLER_MODULES=tests.outb
 one `test.record` task per entry of its object's `tasks` list (`key`, `payload`), or one with
 the default key. `test.record` counts every run in `test_task_runs/{task_id(key)}` (outside
 any transaction, so a run that happens twice counts twice), then raises on its first
-`payload.fail_runs` runs.
+`payload.fail_runs` runs, and while the file `payload.fail_while_exists` exists.
 """
 
 from __future__ import annotations
@@ -52,3 +52,5 @@ def record(run: TaskRun) -> None:
     )
     if run.attempt <= int(run.payload.get("fail_runs", 0)):
         raise RuntimeError(f"injected executor fault on run {run.attempt}")
+    if (path := run.payload.get("fail_while_exists")) and os.path.exists(path):
+        raise RuntimeError("injected executor fault (the fault file exists)")

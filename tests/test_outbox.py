@@ -481,6 +481,38 @@ class TestClaims:
         assert len(w.runs.calls) == 2
 
 
+class TestRevive:
+    def test_a_dead_task_revived_runs_again_from_its_first_run(self, db: firestore.Client) -> None:
+        """Once its cause is fixed, `revive` makes a dead task pending and due now with its
+        runs counted from 0, noted and counted in `revived`; its next run is run 1 again."""
+        broken = [True]
+
+        def until_fixed(run: TaskRun) -> None:
+            if broken[0]:
+                raise RuntimeError("provider down")
+
+        w = world(db, until_fixed, task_max_attempts=1)
+        w.deliver(event({"key": "revive-me"}))
+        assert w.task("revive-me")["status"] == "dead"
+        broken[0] = False
+        revived = w.outbox.revive("revive-me", note="revived by a test")
+        assert (revived.outcome, revived.status_before) == ("revived", "dead")
+        task = w.task("revive-me")
+        assert (task["status"], task["attempts"], task["revived"]) == ("pending", 0, 1)
+        assert task["last_note"] == "revived by a test"
+        (run,) = w.outbox.run_due()
+        assert (run.outcome, run.attempt) == ("done", 1)
+        assert w.runs.attempts("revive-me") == [1, 1]
+
+    def test_only_dead_tasks_are_revived(self, w: World) -> None:
+        """A done task is `skipped`, an unknown key `missing`, a dry run writes nothing."""
+        w.deliver(event({"key": "done-already"}))
+        before = w.tasks()
+        assert w.outbox.revive("done-already", note="x").outcome == "skipped"
+        assert w.outbox.revive("no-such-key", note="x").outcome == "missing"
+        assert w.tasks() == before
+
+
 class TestListing:
     def test_tasks_are_listed_newest_first_with_filters(self, w: World) -> None:
         """`list_tasks` filters by status and task, newest first, without payloads, and says

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import functions_framework
@@ -227,9 +228,49 @@ class TestCli:
         assert ran.json()["counts"] == {"no_executor": 1}
         assert task(db, "e2e-no-executor") == before
 
-    @pytest.mark.parametrize("args", [["outbox", "list", "--status", "failed"], ["outbox"]])
+    def test_outbox_retry_runs_dead_tasks_again(
+        self, project: str, db: firestore.Client, tmp_path: Path
+    ) -> None:
+        """A task dead after its one allowed run (the fault file exists) is left dead by
+        `outbox run`; once the fault is gone, `outbox retry --dead` revives and runs it: done,
+        exit 0, and the task says who revived it."""
+        fault = tmp_path / "fault"
+        fault.touch()
+        server = FunctionServer({**server_env(project), "STRIPE_TASK_MAX_ATTEMPTS": "1"}).start()
+        try:
+            payload = {"fail_while_exists": str(fault)}
+            server.post(outbox_event({"key": "e2e-dead", "payload": payload}))
+        finally:
+            server.stop()
+        assert task(db, "e2e-dead")["status"] == "dead"
+        env = {"STRIPE_HANDLER_MODULES": MODULES, "STRIPE_TASK_MAX_ATTEMPTS": "1"}
+        assert run_cli("outbox", "run", "--json", project=project, env=env).json()["due"] == 0
+        dry = run_cli("outbox", "retry", "--dead", "--dry-run", "--json", project=project, env=env)
+        assert (dry.returncode, dry.json()["counts"]) == (0, {"would_run": 1}), dry
+        assert task(db, "e2e-dead")["status"] == "dead"
+        fault.unlink()
+        retried = run_cli("outbox", "retry", "--dead", "--json", project=project, env=env)
+        assert retried.returncode == 0, retried
+        (result,) = retried.json()["tasks"]
+        assert (result["key"], result["outcome"], result["attempt"]) == ("e2e-dead", "done", 1)
+        revived = task(db, "e2e-dead")
+        assert (revived["status"], revived["revived"]) == ("done", 1)
+        assert revived["last_note"].startswith("revived by stripe-ledger (user ")
+        assert runs(db, "e2e-dead") == 2
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["outbox", "list", "--status", "failed"],
+            ["outbox"],
+            ["outbox", "retry"],
+            ["outbox", "retry", "some-key", "--dead"],
+            ["outbox", "retry", "some-key", "--task", "x"],
+        ],
+    )
     def test_usage_errors_exit_2(self, args: list[str]) -> None:
-        """A status that tasks do not have, or no subcommand: one line, exit 2."""
+        """A status tasks do not have, no subcommand, retry with keys and --dead or
+        neither, --task without --dead: one line, exit 2."""
         run = run_cli(*args)
         assert run.returncode == 2, run
         assert len(run.log_lines()) == 1
