@@ -29,7 +29,7 @@ from stripe_ledger.processing import process_event
 from stripe_ledger.registry import HandlerRegistry
 from stripe_ledger.replay import replay_event
 from stripe_ledger.verify import VerifiedEvent, parse_event
-from tests.support import SECRET, make_event
+from tests.support import SECRET, count_rpcs, make_event
 
 pytestmark = pytest.mark.emulator
 
@@ -260,6 +260,26 @@ class TestEnqueue:
         assert task["last_error"] == "RuntimeError: injected executor fault on run 1"
         wait = task["next_attempt_at"] - w.clock.now
         assert timedelta(seconds=15) <= wait <= timedelta(seconds=30)
+
+
+class TestCost:
+    def test_a_task_costs_three_calls_and_no_task_costs_none(self, w: World) -> None:
+        """On the wire, an event whose handler enqueues one task makes three more Firestore
+        calls than one that enqueues none: the task's read in the transaction (a
+        BatchGetDocuments), the run's claim and its result (two Commits). Handlers that
+        enqueue nothing pay nothing."""
+
+        @w.registry.on("test.plain")
+        def plain(ctx: HandlerContext) -> None:
+            ctx.tx.set(ctx.db.collection(EFFECTS).document(ctx.event_id), {"count": 1})
+
+        counter = count_rpcs(w.db)
+        w.deliver(event(event_type="test.plain"))
+        plain_calls = dict(counter.calls)
+        counter.reset()
+        w.deliver(event({"key": "cost"}))
+        assert plain_calls == {"Commit": 2, "BeginTransaction": 1}
+        assert dict(counter.calls) == {"Commit": 4, "BeginTransaction": 1, "BatchGetDocuments": 1}
 
 
 class TestConcurrentDeliveries:
