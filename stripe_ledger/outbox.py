@@ -37,6 +37,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from stripe_ledger import logs
 from stripe_ledger.config import Settings
+from stripe_ledger.context import read_through
 from stripe_ledger.ledger import Clock, Snapshot, utc_now
 
 if TYPE_CHECKING:
@@ -255,7 +256,7 @@ class TaskBatch:
         if not self._enqueued:
             return
         refs = [self.outbox.ref(key) for key in self._enqueued]
-        found = {snapshot.reference.path: snapshot for snapshot in _read_through(self.tx, refs)}
+        found = {snapshot.reference.path: snapshot for snapshot in read_through(self.tx, refs)}
         now = self.outbox.clock()
         for ref, item in zip(refs, self._enqueued.values(), strict=True):
             if found[ref.path].exists:
@@ -279,30 +280,6 @@ class TaskBatch:
             else:
                 results.append(self.outbox.run_record(created.ref, update_time, created.document))
         return results
-
-
-def _read_through(
-    tx: firestore.Transaction, refs: list[firestore.DocumentReference]
-) -> list[Snapshot]:
-    """Read `refs` through `tx`, although the handlers' writes are already buffered in it.
-
-    The Python client refuses any read once a write is buffered (`ReadAfterWriteError`), to
-    keep code from reading the old version of a document it wrote. Firestore has no such rule:
-    buffered writes are only sent with the commit, and reads in the transaction still lock
-    what they read. The task documents read here are written by nothing else in this
-    transaction (checked below), so the buffered writes are set aside for the read and put
-    back unchanged, in order.
-    """
-    buffered = tx._write_pbs
-    written = {w.update.name or w.delete or w.transform.document for w in buffered}
-    for ref in refs:
-        if ref._document_path in written:
-            raise RuntimeError(f"{ref.path} is an outbox task: write it with ctx.enqueue only")
-    tx._write_pbs = []
-    try:
-        return list(tx.get_all(refs))
-    finally:
-        tx._write_pbs = buffered + tx._write_pbs
 
 
 class Outbox:
