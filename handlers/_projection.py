@@ -169,11 +169,17 @@ class Projection:
         ctx.tx.set(ref, document)
 
 
+PROJECTIONS: list[Projection] = []
+"""Every registered projection (the built-in ones once `handlers.BUILTIN_MODULES` are
+imported): their collections are what the deployment exempts, indexes and locks."""
+
+
 def register_projection(projection: Projection, *event_types: str) -> None:
     """Register `projection` as the handler of `event_types`, with its read declared.
 
     It applies only to events whose object has an ID, so the others are recorded `ignored`.
     """
+    PROJECTIONS.append(projection)
 
     def reads(ctx: HandlerContext) -> list[firestore.DocumentReference]:
         return [projection.ref(ctx)]

@@ -16,7 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import requests
@@ -25,6 +25,9 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.services.firestore import client as gapic_client
 from google.cloud.firestore_v1.services.firestore.transports import grpc as gapic_grpc
 from test_utils.retry import RetryErrors
+
+if TYPE_CHECKING:
+    from handlers._projection import Projection
 
 ROOT = Path(__file__).resolve().parent.parent
 _quiet = logging.getLogger("tests.retry")
@@ -81,6 +84,16 @@ def load_fixture(path: Path, *, fresh: bool = True) -> dict[str, Any]:
         event["id"] = new_event_id()
         event["created"] = int(time.time())
     return event
+
+
+def builtin_projections() -> list[Projection]:
+    """The built-in projections, registered by importing the built-in handler modules."""
+    import handlers
+    from handlers._projection import PROJECTIONS
+    from stripe_ledger.registry import import_handler_modules
+
+    import_handler_modules(handlers.BUILTIN_MODULES)
+    return list(PROJECTIONS)
 
 
 def ledger_record(db: firestore.Client, event_id: str) -> dict[str, Any] | None:

@@ -25,19 +25,9 @@ from tests.deploy.terraform import (
     literal,
     strings,
 )
+from tests.support import builtin_projections
 
-PROJECTIONS = {
-    "customers",
-    "subscriptions",
-    "invoices",
-    "payments",
-    "charges",
-    "refunds",
-    "disputes",
-    "checkout_sessions",
-    "products",
-    "prices",
-}
+PROJECTIONS = {p.collection for p in builtin_projections()}
 BASIC_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
 IAM_MEMBER_TYPES = {
     "google_project_iam_member",

@@ -22,23 +22,12 @@ from google.cloud import firestore
 from test_utils.system import EmulatorCreds
 
 from stripe_ledger.emulator import Emulator
-from tests.support import ROOT, SECRET, FunctionServer, make_event
+from tests.support import ROOT, SECRET, FunctionServer, builtin_projections, make_event
 
 pytestmark = pytest.mark.emulator
 
 RULES = ROOT / "firestore.rules"
-PROJECTIONS = [
-    "customers",
-    "subscriptions",
-    "invoices",
-    "payments",
-    "charges",
-    "refunds",
-    "disputes",
-    "checkout_sessions",
-    "products",
-    "prices",
-]
+PROJECTIONS = sorted(p.collection for p in builtin_projections())
 COLLECTIONS = ["stripe_events", *PROJECTIONS, "stripe_tasks"]
 DOCUMENT = {"fields": {"status": {"stringValue": "completed"}}}
 

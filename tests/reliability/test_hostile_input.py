@@ -17,24 +17,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stripe_ledger.config import Settings
-from tests.support import SECRET, UNKNOWN_SECRET, FunctionServer, make_event, new_event_id, sign
+from tests.support import (
+    SECRET,
+    UNKNOWN_SECRET,
+    FunctionServer,
+    builtin_projections,
+    make_event,
+    new_event_id,
+    sign,
+)
 
 pytestmark = [pytest.mark.emulator, pytest.mark.e2e, pytest.mark.reliability]
 
 EXAMPLES = 2000
 DOCUMENTED = {200, 400, 405, 409, 413, 503}
-PROJECTIONS = (
-    "payments",
-    "customers",
-    "subscriptions",
-    "invoices",
-    "charges",
-    "refunds",
-    "disputes",
-    "checkout_sessions",
-    "products",
-    "prices",
-)
+PROJECTIONS = [p.collection for p in builtin_projections()]
 
 
 @dataclass
