@@ -13,6 +13,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import flask
@@ -75,56 +76,134 @@ def read_body(request: flask.Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
+@dataclass
+class _Answer:
+    """What one request is answered, and how it is logged."""
+
+    status: int
+    level: int
+    body: dict[str, Any]
+    message: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    unexpected: Exception | None = None
+
+
 def handle(request: flask.Request, service: Callable[[], WebhookService]) -> flask.Response:
     """Answer one request to the webhook function, and log it."""
+
+    def deliver() -> _Answer:
+        webhook = service()
+        _require_post(request, "Stripe")
+        delivery = webhook.deliver(read_body(request), request.headers.get("Stripe-Signature"))
+        return _delivery_answer(delivery)
+
+    return _serve(request, deliver, what="handling a delivery")
+
+
+def handle_outbox(request: flask.Request, service: Callable[[], WebhookService]) -> flask.Response:
+    """Answer one request to the outbox function (Cloud Scheduler's): run the due tasks.
+
+    No run is started after half the lease (the function's timeout), so that those started
+    end before the platform stops the request. 200 with counts once the run is over, whatever
+    the executors did: their failures are recorded on the tasks and retried with backoff.
+    503 when Firestore cannot be queried, 500 when the function is misconfigured. One JSON
+    log line per request, besides one per task run.
+    """
+
+    def run() -> _Answer:
+        runner = service()
+        _require_post(request, "the scheduler")
+        outbox = Outbox(runner.db, runner.settings, runner.registry, runner.ledger.clock)
+        deadline = time.monotonic() + runner.settings.lease_seconds / 2
+        try:
+            results = outbox.run_due(limit=OUTBOX_RUN_LIMIT, deadline=deadline)
+        except (gexc.GoogleAPICallError, gexc.RetryError) as error:
+            raise LedgerUnavailable(f"Firestore unavailable: {type(error).__name__}") from error
+        counts = Counter(result.outcome for result in results)
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+        return _Answer(
+            200,
+            logging.INFO if all(result.ok for result in results) else logging.WARNING,
+            {"due": len(results), "counts": dict(counts)},
+            f"outbox run: {summary or 'no task is due'}",
+            {"task_counts": dict(counts)},
+        )
+
+    return _serve(request, run, what="running the outbox", prefix="outbox run: ")
+
+
+def _require_post(request: flask.Request, sender: str) -> None:
+    if request.method != "POST":
+        raise MethodNotAllowed(f"method {request.method} not allowed; {sender} sends POST")
+
+
+def _serve(
+    request: flask.Request, work: Callable[[], _Answer], *, what: str, prefix: str = ""
+) -> flask.Response:
+    """Run `work`, map what it raises to a status, log one line, and answer."""
     started = time.perf_counter()
+    try:
+        answer = work()
+    except WebhookError as error:
+        answer = _error_answer(error, prefix)
+    except Exception as error:  # noqa: BLE001 - a bug must still answer (500: the caller retries)
+        answer = _Answer(
+            500,
+            logging.ERROR,
+            {"error": "internal error"},
+            f"unexpected error while {what}",
+            {"status": "error", "error": f"{type(error).__name__}: {error}"},
+            unexpected=error,
+        )
     fields: dict[str, Any] = logs.trace_fields(
         request.headers.get("X-Cloud-Trace-Context"),
         request.headers.get("traceparent"),
         os.environ.get("GOOGLE_CLOUD_PROJECT"),
     )
-    headers: dict[str, str] = {}
-    unexpected: Exception | None = None
-    try:
-        webhook = service()
-        if request.method != "POST":
-            headers["Allow"] = "POST"
-            raise MethodNotAllowed(f"method {request.method} not allowed; Stripe sends POST")
-        delivery = webhook.deliver(read_body(request), request.headers.get("Stripe-Signature"))
-    except WebhookError as error:
-        status, level = _ERROR_STATUS[type(error)]
-        body: dict[str, Any] = {"error": str(error)}
-        if isinstance(error, LedgerUnavailable | StripeUnavailable):
-            headers["Retry-After"] = "10"
-        fields.update(
-            event_id=error.event_id,
-            event_type=error.event_type,
-            status="rejected" if status < 500 else "error",
-            reason=getattr(error, "reason", None),
-            error=str(error),
-        )
-        message = f"{type(error).__name__}: {error}"
-    except Exception as error:  # noqa: BLE001 - a bug must still answer (500: Stripe retries)
-        status, level = 500, logging.ERROR
-        body = {"error": "internal error"}
-        fields.update(status="error", error=f"{type(error).__name__}: {error}")
-        message = "unexpected error while handling a delivery"
-        unexpected = error
-    else:
-        status, level = _OUTCOME_STATUS[delivery.outcome]
-        body, message = _describe(delivery, headers)
-        fields.update(
-            event_id=delivery.event_id,
-            event_type=delivery.event_type,
-            status=delivery.outcome.value,
-            attempt=delivery.attempt,
-            error=delivery.error,
-        )
-    fields.update(http_status=status, duration_ms=round((time.perf_counter() - started) * 1000, 1))
-    logs.log(level, message, exc_info=unexpected, **fields)
-    return flask.Response(
-        json.dumps(body), status=status, headers=headers, mimetype="application/json"
+    fields.update(answer.fields)
+    fields.update(
+        http_status=answer.status, duration_ms=round((time.perf_counter() - started) * 1000, 1)
     )
+    logs.log(answer.level, answer.message, exc_info=answer.unexpected, **fields)
+    return flask.Response(
+        json.dumps(answer.body),
+        status=answer.status,
+        headers=answer.headers,
+        mimetype="application/json",
+    )
+
+
+def _error_answer(error: WebhookError, prefix: str) -> _Answer:
+    status, level = _ERROR_STATUS[type(error)]
+    headers = {}
+    if isinstance(error, MethodNotAllowed):
+        headers["Allow"] = "POST"
+    if isinstance(error, LedgerUnavailable | StripeUnavailable):
+        headers["Retry-After"] = "10"
+    fields = {
+        "event_id": error.event_id,
+        "event_type": error.event_type,
+        "status": "rejected" if status < 500 else "error",
+        "reason": getattr(error, "reason", None),
+        "error": str(error),
+    }
+    message = f"{prefix}{type(error).__name__}: {error}"
+    return _Answer(status, level, {"error": str(error)}, message, fields, headers)
+
+
+def _delivery_answer(delivery: Delivery) -> _Answer:
+    status, level = _OUTCOME_STATUS[delivery.outcome]
+    headers: dict[str, str] = {}
+    body, message = _describe(delivery, headers)
+    fields = {
+        "event_id": delivery.event_id,
+        "event_type": delivery.event_type,
+        "status": delivery.outcome.value,
+        "attempt": delivery.attempt,
+        "error": delivery.error,
+    }
+    return _Answer(status, level, body, message, fields, headers)
 
 
 def _describe(delivery: Delivery, headers: dict[str, str]) -> tuple[dict[str, Any], str]:
@@ -151,57 +230,3 @@ def _describe(delivery: Delivery, headers: dict[str, str]) -> tuple[dict[str, An
             "fix the cause, then replay it with `stripe-ledger replay`",
         )
     return {"status": outcome.value, "event_id": event_id}, f"event {event_id} {outcome.value}"
-
-
-def handle_outbox(request: flask.Request, service: Callable[[], WebhookService]) -> flask.Response:
-    """Answer one request to the outbox function (Cloud Scheduler's): run the due tasks.
-
-    No run is started after half the lease (the function's timeout), so that those started
-    end before the platform stops the request. 200 with counts once the run is over, whatever
-    the executors did: their failures are recorded on the tasks and retried with backoff.
-    503 when Firestore cannot be queried, 500 when the function is misconfigured. One JSON
-    log line per request, besides one per task run.
-    """
-    started = time.perf_counter()
-    fields: dict[str, Any] = logs.trace_fields(
-        request.headers.get("X-Cloud-Trace-Context"),
-        request.headers.get("traceparent"),
-        os.environ.get("GOOGLE_CLOUD_PROJECT"),
-    )
-    headers: dict[str, str] = {}
-    unexpected: Exception | None = None
-    try:
-        runner = service()
-        if request.method != "POST":
-            headers["Allow"] = "POST"
-            raise MethodNotAllowed(f"method {request.method} not allowed; the scheduler sends POST")
-        outbox = Outbox(runner.db, runner.settings, runner.registry, runner.ledger.clock)
-        deadline = time.monotonic() + runner.settings.lease_seconds / 2
-        try:
-            results = outbox.run_due(limit=OUTBOX_RUN_LIMIT, deadline=deadline)
-        except (gexc.GoogleAPICallError, gexc.RetryError) as error:
-            raise LedgerUnavailable(f"Firestore unavailable: {type(error).__name__}") from error
-    except WebhookError as error:
-        status, level = _ERROR_STATUS[type(error)]
-        body: dict[str, Any] = {"error": str(error)}
-        fields.update(status="rejected" if status < 500 else "error", error=str(error))
-        message = f"outbox run: {type(error).__name__}: {error}"
-    except Exception as error:  # noqa: BLE001 - a bug must still answer, and be logged
-        status, level = 500, logging.ERROR
-        body = {"error": "internal error"}
-        fields.update(status="error", error=f"{type(error).__name__}: {error}")
-        message = "unexpected error while running the outbox"
-        unexpected = error
-    else:
-        counts = Counter(result.outcome for result in results)
-        status = 200
-        level = logging.INFO if all(result.ok for result in results) else logging.WARNING
-        body = {"due": len(results), "counts": dict(counts)}
-        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
-        message = f"outbox run: {summary or 'no task is due'}"
-        fields.update(task_counts=dict(counts))
-    fields.update(http_status=status, duration_ms=round((time.perf_counter() - started) * 1000, 1))
-    logs.log(level, message, exc_info=unexpected, **fields)
-    return flask.Response(
-        json.dumps(body), status=status, headers=headers, mimetype="application/json"
-    )
