@@ -15,6 +15,8 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,19 @@ FIXTURES = ROOT / "tests" / "fixtures" / "stripe-events"
 SECRET = "whsec_test_primary_0123456789abcdef"
 SECOND_SECRET = "whsec_test_rotated_fedcba9876543210"
 UNKNOWN_SECRET = "whsec_test_not_configured_00000000"
+
+
+@dataclass
+class Clock:
+    """A clock the test moves by hand."""
+
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
 
 
 def new_event_id() -> str:

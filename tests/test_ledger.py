@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,24 +26,11 @@ from stripe_ledger.outcomes import Delivery, Outcome
 from stripe_ledger.processing import process_claimed, process_event
 from stripe_ledger.registry import HandlerRegistry
 from stripe_ledger.verify import VerifiedEvent, parse_event
-from tests.support import SECRET, make_event
+from tests.support import SECRET, Clock, make_event
 
 pytestmark = pytest.mark.emulator
 
 EFFECTS = "test_effects"
-
-
-@dataclass
-class Clock:
-    """A clock the test moves by hand."""
-
-    now: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def settings(**overrides: Any) -> Settings:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -29,25 +29,12 @@ from stripe_ledger.processing import process_event
 from stripe_ledger.registry import HandlerRegistry
 from stripe_ledger.replay import replay_event
 from stripe_ledger.verify import VerifiedEvent, parse_event
-from tests.support import SECRET, count_rpcs, make_event
+from tests.support import SECRET, Clock, count_rpcs, make_event
 
 pytestmark = pytest.mark.emulator
 
 EFFECTS = "test_effects"
 TASKS = "stripe_tasks"
-
-
-@dataclass
-class Clock:
-    """A clock the test moves by hand."""
-
-    now: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @dataclass
