@@ -38,8 +38,6 @@ def server_env(project: str, **overrides: str) -> dict[str, str]:
         "STRIPE_WEBHOOK_SECRET": f"{SECRET},{SECOND_SECRET}",
         "STRIPE_HANDLER_MODULES": "tests.handlers_for_tests",
         "STRIPE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-        "STRIPE_FIRESTORE_TIMEOUT_SECONDS": "1",
-        "STRIPE_LEASE_SECONDS": "12",
         **overrides,
     }
 
