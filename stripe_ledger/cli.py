@@ -20,7 +20,7 @@ import os
 import socket
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
@@ -491,34 +491,16 @@ def _replay(args: argparse.Namespace) -> int:
             progress=advance,
             on_result=report,
         )
-    counts = Counter(result.outcome for result in results)
-    ok = all(result.ok for result in results)
-    logs.log(
-        logging.INFO if ok else logging.ERROR,
-        f"replay finished: {_counted(counts) or 'nothing to replay'}",
-        command="replay",
-        counts=dict(counts),
-        dry_run=args.dry_run,
+    return _finish(
+        args,
+        "replay",
+        results,
+        nothing="nothing to replay",
+        summary={"force": args.force, "selected": len(event_ids)},
+        items="events",
+        columns=("event ID", "type", "was", "outcome", "attempt", "error"),
+        row=lambda r: (r.event_id, r.event_type, r.status_before, r.outcome, r.attempt, r.error),
     )
-    if args.json:
-        _print_json(
-            {
-                "dry_run": args.dry_run,
-                "force": args.force,
-                "selected": len(event_ids),
-                "counts": dict(counts),
-                "events": [result.to_dict() for result in results],
-            }
-        )
-    else:
-        rows = [
-            (r.event_id, r.event_type, r.status_before, r.outcome, r.attempt, r.error)
-            for r in results
-        ]
-        _print_results(
-            ("event ID", "type", "was", "outcome", "attempt", "error"), rows, counts, "replay"
-        )
-    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _reconcile(args: argparse.Namespace) -> int:
@@ -720,32 +702,24 @@ def _outbox_run(args: argparse.Namespace) -> int:
             workers=args.workers,
             on_result=lambda result: advance(1),
         )
-    counts = Counter(result.outcome for result in results)
-    ok = all(result.ok for result in results)
-    logs.log(
-        logging.INFO if ok else logging.ERROR,
-        f"outbox run finished: {_counted(counts) or 'no task is due'}",
-        command="outbox run",
-        counts=dict(counts),
-        dry_run=args.dry_run,
+    return _finish(
+        args,
+        "outbox run",
+        results,
+        nothing="no task is due",
+        summary={"due": len(results)},
+        items="tasks",
+        columns=("key", "task", "was", "outcome", "run", "next run (UTC)", "error"),
+        row=lambda r: (
+            r.key,
+            r.task,
+            r.status_before,
+            r.outcome,
+            r.attempt,
+            r.next_attempt_at,
+            r.error,
+        ),
     )
-    if args.json:
-        _print_json(
-            {
-                "dry_run": args.dry_run,
-                "due": len(results),
-                "counts": dict(counts),
-                "tasks": [result.to_dict() for result in results],
-            }
-        )
-    else:
-        rows = [
-            (r.key, r.task, r.status_before, r.outcome, r.attempt, r.next_attempt_at, r.error)
-            for r in results
-        ]
-        columns = ("key", "task", "was", "outcome", "run", "next run (UTC)", "error")
-        _print_results(columns, rows, counts, "outbox run")
-    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _outbox_retry(args: argparse.Namespace) -> int:
@@ -779,29 +753,16 @@ def _outbox_retry(args: argparse.Namespace) -> int:
                 result = outbox.run_key(key)
             results.append(result)
             advance(1)
-    counts = Counter(result.outcome for result in results)
-    ok = all(result.ok for result in results)
-    logs.log(
-        logging.INFO if ok else logging.ERROR,
-        f"outbox retry finished: {_counted(counts) or 'no dead task'}",
-        command="outbox retry",
-        counts=dict(counts),
-        dry_run=args.dry_run,
+    return _finish(
+        args,
+        "outbox retry",
+        results,
+        nothing="no dead task",
+        summary={"selected": len(keys)},
+        items="tasks",
+        columns=("key", "task", "was", "outcome", "run", "error"),
+        row=lambda r: (r.key, r.task, r.status_before, r.outcome, r.attempt, r.error),
     )
-    if args.json:
-        _print_json(
-            {
-                "dry_run": args.dry_run,
-                "selected": len(keys),
-                "counts": dict(counts),
-                "tasks": [result.to_dict() for result in results],
-            }
-        )
-    else:
-        rows = [(r.key, r.task, r.status_before, r.outcome, r.attempt, r.error) for r in results]
-        columns = ("key", "task", "was", "outcome", "run", "error")
-        _print_results(columns, rows, counts, "outbox retry")
-    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _all_tasks(outbox: Outbox, *, status: str, task: str | None) -> list[dict[str, Any]]:
@@ -1024,6 +985,42 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
     return str(value)
+
+
+def _finish(
+    args: argparse.Namespace,
+    command: str,
+    results: Sequence[Any],
+    *,
+    nothing: str,
+    summary: Mapping[str, Any],
+    items: str,
+    columns: Sequence[str],
+    row: Callable[[Any], Sequence[Any]],
+) -> int:
+    """End a command that acted on events or tasks: one log line with the counts, then the
+    results as JSON or as a table; exit 1 if any result is not ok."""
+    counts = Counter(result.outcome for result in results)
+    ok = all(result.ok for result in results)
+    logs.log(
+        logging.INFO if ok else logging.ERROR,
+        f"{command} finished: {_counted(counts) or nothing}",
+        command=command,
+        counts=dict(counts),
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        _print_json(
+            {
+                "dry_run": args.dry_run,
+                **summary,
+                "counts": dict(counts),
+                items: [result.to_dict() for result in results],
+            }
+        )
+    else:
+        _print_results(columns, [row(result) for result in results], counts, command)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _print_results(
