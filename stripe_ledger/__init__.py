@@ -1,9 +1,15 @@
 """Exactly-once processing of Stripe webhook events, recorded in Firestore.
 
-The package holds the core of the function: signature verification (`verify`), the event
-ledger (`ledger`), the transactional processing of one event (`processing`), the handler
-registry (`registry`) and the context handlers receive (`context`), configuration (`config`),
-structured logging (`logs`) and the HTTP adapter (`http`). `bootstrap` wires them together.
+The function's core: signature verification (`verify`), the event ledger (`ledger`), the
+transactional processing of one event (`processing`, with `outcomes` and `errors`), the
+handler registry (`registry`) and the context handlers receive (`context`), the outbox of
+side effects (`outbox`), thin events and refetch mode (`thin`, `fetch`, over `stripe_api`),
+configuration (`config`), structured logging (`logs`), the Firestore client
+(`firestore_client`) and the HTTP adapter (`http`); `service` wires them together.
+
+The operator's tool, `stripe-ledger` (`cli`), adds `operations` (listings and stats), `replay`,
+`reconcile` and `webhook_sender`; `emulator` starts the Firestore emulator for tests, the
+benchmark and `make run`.
 """
 
 __all__: list[str] = []
