@@ -1,0 +1,138 @@
+"""The production function (`main.py`) with Firestore faults injected on the wire: a
+functions-framework `--source` for tests/test_one_pipeline.py.
+
+Every gRPC channel the process opens to the emulator (`grpc.insecure_channel`, which the
+Firestore client calls for FIRESTORE_EMULATOR_HOST) is wrapped in `FaultInjector` before
+`main` is imported, so no code of the core is touched and the client keeps its own channel
+options and time bounds.
+
+The test drives the faults through the JSON file named by PIPELINE_FAULTS, read again on
+every RPC: a list of rules
+
+    {"id": "r1", "method": "Commit", "document": "stripe_events/evt_1",
+     "code": "UNAVAILABLE", "skip": 0, "times": null, "after_write": false}
+
+A Commit RPC that writes `document` matches; the first `skip` matches pass, then `times` of
+them (all, when null) fail with `code`. With `after_write`, the RPC is sent and its result
+awaited first, so the write is applied and only its answer is lost (a write Firestore refuses,
+such as a `create()` of an existing document, passes its own error through and is not
+counted). Each injected fault is appended to PIPELINE_FAULTS + ".log" as one JSON
+line, so that a test can prove its fault fired.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import flask
+import functions_framework
+import grpc
+
+__all__ = ["FaultInjector", "stripe_webhook"]
+
+_FAULTS = Path(os.environ["PIPELINE_FAULTS"])
+_LOG = Path(f"{_FAULTS}.log")
+
+
+class InjectedRpcError(grpc.RpcError):  # type: ignore[misc]
+    """What gRPC raises for a failed call, as `google.api_core` reads it (code, details)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> None:
+        return None
+
+    def initial_metadata(self) -> None:
+        return None
+
+    def result(self, timeout: float | None = None) -> None:
+        """gRPC's interceptor reads a failed call's outcome from what it raised."""
+        raise self
+
+
+def _documents(method: str, request: Any) -> list[str]:
+    """The document paths (relative to `/documents/`) that a Commit writes."""
+    names: list[str] = []
+    if method == "Commit":
+        for write in request.writes:
+            names += [write.update.name, write.delete, write.transform.document]
+    return [name.split("/documents/", 1)[-1] for name in names if name]
+
+
+class FaultInjector(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Fails the RPCs that the rules in PIPELINE_FAULTS select (see the module)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._matches: Counter[str] = Counter()
+        self._fired: Counter[str] = Counter()
+
+    def _rule(self, details: Any, request: Any) -> dict[str, Any] | None:
+        try:
+            rules: list[dict[str, Any]] = json.loads(_FAULTS.read_text() or "[]")
+        except FileNotFoundError:
+            return None
+        method = str(details.method).rsplit("/", 1)[-1]
+        documents = _documents(method, request)
+        for rule in rules:
+            if rule["method"] != method or rule["document"] not in documents:
+                continue
+            with self._lock:
+                seen = self._matches[rule["id"]]
+                self._matches[rule["id"]] += 1
+                fired = self._fired[rule["id"]]
+            times = rule.get("times")
+            if seen < int(rule.get("skip") or 0) or (times is not None and fired >= int(times)):
+                continue
+            return rule
+        return None
+
+    def _fail(self, rule: dict[str, Any], method: str) -> InjectedRpcError:
+        with self._lock, _LOG.open("a") as log:
+            self._fired[rule["id"]] += 1
+            log.write(json.dumps({"id": rule["id"], "method": method}) + "\n")
+        return InjectedRpcError(getattr(grpc.StatusCode, rule["code"]), f"injected {rule['id']}")
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        rule = self._rule(details, request)
+        if rule is None:
+            return continuation(details, request)
+        if rule.get("after_write"):
+            sent = continuation(details, request)
+            if sent.exception() is not None:  # refused by Firestore: its own answer stands
+                return sent
+            # The write is applied; only its answer is lost.
+        return self._fail(rule, str(details.method))
+
+
+_injector = FaultInjector()
+_insecure_channel = grpc.insecure_channel
+
+
+def _intercepted_channel(target: str, *args: Any, **kwargs: Any) -> Any:
+    return grpc.intercept_channel(_insecure_channel(target, *args, **kwargs), _injector)
+
+
+grpc.insecure_channel = _intercepted_channel  # before main creates any client
+
+import main  # noqa: E402 - imported after the channel factory is wrapped, on purpose
+
+
+@functions_framework.http
+def stripe_webhook(request: flask.Request) -> flask.Response:
+    """`main.stripe_webhook`, its Firestore RPCs going through the fault injector."""
+    return flask.make_response(main.stripe_webhook(request))
