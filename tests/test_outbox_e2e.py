@@ -313,3 +313,26 @@ class TestScheduledFunction:
         assert response.get_json() == {"due": 1, "counts": {"done": 1}}
         assert runs(db, "e2e-scheduled") == 1
         assert client.post("/").get_json() == {"due": 0, "counts": {}}
+
+
+class TestExecutorAfterTheCommit:
+    def test_the_executor_finds_the_event_and_its_effect_committed(
+        self, project: str, db: firestore.Client
+    ) -> None:
+        """The executor of a task enqueued by a handler runs only after the event's
+        transaction committed: reading Firestore from its own client, it finds the event's
+        ledger record `completed` and the handler's write present."""
+        env = {**server_env(project), "STRIPE_HANDLER_MODULES": "tests.pipeline_handlers"}
+        function = FunctionServer(env).start()
+        event = make_event("test.observe", {"id": "obj_observe"})
+        try:
+            response = function.post(event)
+        finally:
+            function.stop()
+        assert response.status_code == 200, response.text
+        observed = db.collection("test_observed").document(event["id"]).get().to_dict()
+        assert observed == {
+            "ledger_status": "completed",
+            "effect_exists": True,
+            "run_event_id": event["id"],
+        }
