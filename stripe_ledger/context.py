@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.cloud import firestore
 
+from stripe_ledger.firestore_client import buffered_paths, read_through
 from stripe_ledger.ledger import Snapshot
 
 if TYPE_CHECKING:
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from stripe_ledger.outbox import TaskBatch
     from stripe_ledger.verify import VerifiedEvent
 
-__all__ = ["HandlerContext", "ReadAfterWrite", "read_through"]
+__all__ = ["HandlerContext", "ReadAfterWrite"]
 
 
 class ReadAfterWrite(RuntimeError):
@@ -28,9 +29,10 @@ class HandlerContext:
     Writes go through `tx` and commit atomically with the ledger record. Reads go through
     `get`/`get_all`: they read inside the same transaction and are cached, and the documents
     every handler declared with `reads=` are fetched in one batch before the first handler
-    runs. A handler may read after earlier handlers wrote (see `read_through`), except a
-    document already written in this transaction: the read would silently see its old state
-    (and a write based on it would undo the earlier one), so `get` raises `ReadAfterWrite`.
+    runs. A handler may read after earlier handlers wrote, except a document already written
+    in this transaction, whether it was read before or not: the read would see its state
+    before that write (and a write based on it would undo the earlier one), so `get` raises
+    `ReadAfterWrite`.
     """
 
     def __init__(
@@ -88,41 +90,20 @@ class HandlerContext:
         return self.get_all([ref])[0]
 
     def get_all(self, refs: Iterable[firestore.DocumentReference]) -> list[Snapshot]:
-        """Read documents through the transaction in one batch, skipping cached ones."""
+        """Read documents through the transaction in one batch, skipping cached ones; raise
+        `ReadAfterWrite` for a document this transaction has written. Raises
+        `LedgerUnavailable` when Firestore is unavailable."""
         refs = list(refs)
+        written = buffered_paths(self.tx)
+        for ref in refs:
+            if ref.path in written:
+                raise ReadAfterWrite(
+                    f"{ref.path} was already written in this transaction, so a read would see "
+                    "its old state; handlers sharing a document must use transforms "
+                    "(firestore.Increment, ArrayUnion) or be merged into one handler"
+                )
         missing = list({ref.path: ref for ref in refs if ref.path not in self._snapshots}.values())
         if missing:
             for snapshot in read_through(self.tx, missing):
                 self._snapshots[snapshot.reference.path] = snapshot
         return [self._snapshots[ref.path] for ref in refs]
-
-
-def read_through(
-    tx: firestore.Transaction, refs: list[firestore.DocumentReference]
-) -> list[Snapshot]:
-    """Read `refs` through `tx`, even when writes are already buffered in it.
-
-    The Python client refuses any read once a write is buffered (`ReadAfterWriteError`), to
-    keep code from reading the old version of a document it wrote. Firestore itself has no
-    such rule: buffered writes are only sent with the commit, and reads in the transaction
-    still lock what they read. So the buffered writes are set aside for the read and put back
-    unchanged, in order; a document among them raises `ReadAfterWrite` instead.
-    """
-    buffered = tx._write_pbs  # the client's buffer of this transaction's writes
-    written = {
-        name.split("/documents/", 1)[-1]
-        for write in buffered
-        if (name := write.update.name or write.delete or write.transform.document)
-    }
-    for ref in refs:
-        if ref.path in written:
-            raise ReadAfterWrite(
-                f"{ref.path} was already written in this transaction, so a read would see "
-                "its old state; handlers sharing a document must use transforms "
-                "(firestore.Increment, ArrayUnion) or be merged into one handler"
-            )
-    tx._write_pbs = []
-    try:
-        return list(tx.get_all(refs))
-    finally:
-        tx._write_pbs = buffered + tx._write_pbs

@@ -1,31 +1,92 @@
-"""The Firestore client of one instance, with every RPC bounded in time.
+"""The Firestore adapter: the client of one instance, what counts as Firestore being
+unavailable, and the few client internals the ledger must touch, all in this one module.
 
 The client library retries an unreachable Firestore for 60 s per call by default (300 s for
 reads), so a network cut would hold each delivery for minutes before Stripe got its 503.
 Here every RPC, its retries included, is bounded by `firestore_timeout_seconds`. And after a
 cut, gRPC waits up to two minutes between reconnection attempts by default, answering 503
 long after Firestore is back; the channel here retries every two seconds at most.
+
+Every Firestore call of the ledger, the outbox and the handlers' reads goes through
+`translated`, which turns the errors that say "Firestore is not available right now" into
+`LedgerUnavailable`, so that no caller has to remember which ones they are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
 
+import google.auth.exceptions
+from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1 import base_client
 
 from stripe_ledger.config import Settings
+from stripe_ledger.errors import LedgerUnavailable
 
-__all__ = ["EMULATOR_PROJECT", "bound_rpc_time", "create_client"]
+__all__ = [
+    "EMULATOR_PROJECT",
+    "UNAVAILABLE",
+    "bound_rpc_time",
+    "buffered_paths",
+    "create_client",
+    "is_unavailable",
+    "read_through",
+    "translated",
+    "write_count",
+]
 
 EMULATOR_PROJECT = "demo-stripe-ledger"
 """The project used against the emulator when GOOGLE_CLOUD_PROJECT is unset."""
+
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+    gexc.ResourceExhausted,
+    gexc.Aborted,
+    gexc.Unknown,
+    gexc.Cancelled,
+    gexc.PermissionDenied,
+    gexc.Unauthenticated,
+    gexc.RetryError,
+    google.auth.exceptions.TransportError,
+    google.auth.exceptions.RefreshError,
+)
+"""Errors that say nothing about the event or task: Firestore (or the credentials to reach
+it) is not available right now. An attempt that meets one is given back, never counted."""
 
 _RECONNECT_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 250),
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether `error` means Firestore is unavailable (see `UNAVAILABLE`), including the
+    client giving up on contention, which it reports as a `ValueError` chained to the last
+    `Aborted`, and an error already translated."""
+    if isinstance(error, (LedgerUnavailable, *UNAVAILABLE)):
+        return True
+    return isinstance(error, ValueError) and isinstance(error.__cause__, gexc.Aborted)
+
+
+@contextlib.contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Run a Firestore call, raising `LedgerUnavailable` (naming `what`) for an error that
+    means Firestore is unavailable; every other error passes unchanged."""
+    try:
+        yield
+    except LedgerUnavailable:
+        raise
+    except Exception as error:
+        if not is_unavailable(error):
+            raise
+        message = f"Firestore unavailable ({what}): {type(error).__name__}"
+        raise LedgerUnavailable(message) from error
 
 
 def create_client(settings: Settings, environ: Mapping[str, str]) -> firestore.Client:
@@ -60,3 +121,38 @@ def bound_rpc_time(client: firestore.Client, seconds: float) -> None:
         if retry is not None:
             wrapped._retry = retry.with_timeout(seconds)
         wrapped._timeout = seconds
+
+
+def write_count(tx: firestore.Transaction) -> int:
+    """How many writes `tx` has buffered: the index its next write will have among the
+    commit's write results."""
+    return len(tx._write_pbs)
+
+
+def buffered_paths(tx: firestore.Transaction) -> set[str]:
+    """The paths (`collection/id/...`) of the documents `tx` has buffered writes for."""
+    return {
+        name.split("/documents/", 1)[-1]
+        for write in tx._write_pbs
+        if (name := write.update.name or write.delete or write.transform.document)
+    }
+
+
+def read_through(
+    tx: firestore.Transaction, refs: list[firestore.DocumentReference]
+) -> list[firestore.DocumentSnapshot[Any]]:
+    """Read `refs` through `tx`, even when writes are already buffered in it.
+
+    The Python client refuses any read once a write is buffered (`ReadAfterWriteError`).
+    Firestore itself has no such rule: buffered writes are only sent with the commit, and
+    reads in the transaction still lock what they read. So the buffered writes are set aside
+    for the read and put back unchanged, in order. The caller must refuse to read a document
+    among them (`buffered_paths`): the read would return its state before the write.
+    """
+    buffered = tx._write_pbs
+    tx._write_pbs = []
+    try:
+        with translated("read in a transaction"):
+            return list(tx.get_all(refs))
+    finally:
+        tx._write_pbs = buffered + tx._write_pbs

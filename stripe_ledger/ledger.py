@@ -7,23 +7,25 @@ so concurrent duplicates never wait on each other's locks: they see the claim an
 retry. Every later write of the holder (completion inside the transaction, failure after it)
 carries the claim's `update_time` as a precondition, so a delivery whose lease was taken over
 can never overwrite what the new holder committed. The lease only decides *when* an
-abandoned claim may be taken over; exactly-once never depends on clocks.
+abandoned claim may be taken over; exactly-once never depends on clocks. The lease rules and
+the writes that recognise a lost answer are `stripe_ledger.lease`'s, shared with the outbox;
+every Firestore error that means "unavailable" leaves here as `LedgerUnavailable`.
 """
 
 from __future__ import annotations
 
 import enum
-import math
 import zlib
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
+from stripe_ledger import lease
 from stripe_ledger.config import Settings
+from stripe_ledger.firestore_client import translated
 from stripe_ledger.outcomes import Outcome
 from stripe_ledger.verify import VerifiedEvent
 
@@ -117,26 +119,24 @@ class EventLedger:
         duplicate of a settled event then costs a single read. An event with no handlers
         (`handled=False`) is recorded `ignored` instead of claimed. Records whose status is
         in `reclaim`, and `processing` records whose lease has expired, are taken over.
-        `note`, if given, is recorded in `last_note` by the claim.
+        `note`, if given, is recorded in `last_note` by the claim. Raises `LedgerUnavailable`.
         """
         ref = self.ref(received.id)
         now = self.clock()
         snapshot = None
         if now.timestamp() - received.created > self.settings.redelivery_age_seconds:
-            snapshot = ref.get()
+            snapshot = self.read(received.id)
         if snapshot is None or not snapshot.exists:
             record = self._new_record(received, handled, now)
             if note:
                 record["last_note"] = note
-            try:
-                result = ref.create(record)  # pragma: SYNCPOINT ledger
-            except gexc.AlreadyExists:
-                snapshot = ref.get()  # pragma: SYNCPOINT ledger
-            else:
+            written = lease.create(ref, record)
+            if written.update_time is not None:
                 if not handled:
                     return Settled(Outcome.IGNORED, status=Status.IGNORED)
-                return Claim(received.id, 1, result.update_time)
-            if not snapshot.exists:  # created and deleted in between: let Stripe retry
+                return Claim(received.id, 1, written.update_time)
+            snapshot = written.current
+            if snapshot is None or not snapshot.exists:  # deleted in between: let Stripe retry
                 return Settled(Outcome.IN_FLIGHT, retry_after=1)
         return self._reclaim(snapshot, handled, reclaim, note, now)
 
@@ -150,20 +150,28 @@ class EventLedger:
     ) -> Claim | Settled:
         record = snapshot.to_dict() or {}
         status = record.get("status")
-        attempts = int(record.get("attempts") or 0)
+        judged = lease.judge(
+            record,
+            running=Status.PROCESSING,
+            max_attempts=self.settings.max_attempts,
+            now=now,
+            attempt_word="attempt",
+        )
+        attempts = judged.attempts
         fields: dict[str, Any] = {"updated_at": now}
-        if status == Status.PROCESSING:
-            lease = record.get("lease_expires_at")
-            if lease is not None and lease > now:
-                wait = math.ceil((lease - now).total_seconds())
-                return Settled(Outcome.IN_FLIGHT, status=status, attempt=attempts, retry_after=wait)
-            abandoned = f"attempt {attempts} did not finish within its lease (crash or timeout)"
-            fields["last_error"] = abandoned
-            if attempts >= self.settings.max_attempts:
-                fields.update(status=Status.DEAD, lease_expires_at=None)
-                if not self._compare_and_set(snapshot, fields):
-                    return Settled(Outcome.IN_FLIGHT, status=status, retry_after=1)
-                return Settled(Outcome.DEAD, status=Status.DEAD, attempt=attempts, error=abandoned)
+        if judged.verdict is lease.Verdict.LIVE:
+            return Settled(
+                Outcome.IN_FLIGHT, status=status, attempt=attempts, retry_after=judged.wait_seconds
+            )
+        if judged.verdict is lease.Verdict.EXHAUSTED:
+            fields.update(status=Status.DEAD, lease_expires_at=None, last_error=judged.abandoned)
+            if not self._compare_and_set(snapshot, fields):
+                return Settled(Outcome.IN_FLIGHT, status=status, retry_after=1)
+            return Settled(
+                Outcome.DEAD, status=Status.DEAD, attempt=attempts, error=judged.abandoned
+            )
+        if judged.verdict is lease.Verdict.ABANDONED:
+            fields["last_error"] = judged.abandoned
         elif status not in reclaim:
             return Settled(Outcome.DUPLICATE, status=status, attempt=attempts)
         if note:
@@ -179,20 +187,26 @@ class EventLedger:
         fields.update(
             status=Status.PROCESSING,
             attempts=attempts + 1,
-            lease_expires_at=now + timedelta(seconds=self.settings.lease_seconds),
+            lease_expires_at=lease.held(now, self.settings.lease_seconds),
         )
-        result = self._compare_and_set(snapshot, fields)
-        if not result:
+        update_time = self._compare_and_set(snapshot, fields)
+        if update_time is None:
             return Settled(Outcome.IN_FLIGHT, status=status, retry_after=1)
-        return Claim(snapshot.id, attempts + 1, result.update_time)
+        return Claim(snapshot.id, attempts + 1, update_time)
 
-    def _compare_and_set(self, snapshot: Snapshot, fields: dict[str, Any]) -> Any:
-        """Update the record unless it changed since `snapshot`; the write result, or None."""
-        option = self.db.write_option(last_update_time=snapshot.update_time)
-        try:
-            return snapshot.reference.update(fields, option=option)  # pragma: SYNCPOINT ledger
-        except gexc.FailedPrecondition:
-            return None
+    def _compare_and_set(self, snapshot: Snapshot, fields: dict[str, Any]) -> datetime | None:
+        """Update the record unless it changed since `snapshot`; its new update time, or None."""
+        assert snapshot.update_time is not None
+        return lease.compare_and_set(
+            self.db, snapshot.reference, snapshot.update_time, fields
+        ).update_time
+
+    def _update_claimed(self, claim: Claim, fields: dict[str, Any]) -> bool:
+        """Update the claimed record unless another delivery took it over; whether it did."""
+        ref = self.ref(claim.event_id)
+        return (
+            lease.compare_and_set(self.db, ref, claim.update_time, fields).update_time is not None
+        )
 
     def complete(self, tx: firestore.Transaction, claim: Claim) -> None:
         """Mark the claimed event `completed` as part of `tx` (the handlers' transaction).
@@ -200,15 +214,9 @@ class EventLedger:
         The write is conditional on the claim, so the whole transaction fails with
         `FailedPrecondition` if another delivery took the event over meanwhile.
         """
-        now = self.clock()
         tx.update(
             self.ref(claim.event_id),
-            {
-                "status": Status.COMPLETED,
-                "updated_at": now,
-                "completed_at": now,
-                "lease_expires_at": None,
-            },
+            self._completed_fields(),
             option=self.db.write_option(last_update_time=claim.update_time),
         )
 
@@ -216,20 +224,17 @@ class EventLedger:
         """Mark the claimed event `completed` with `note`, outside any transaction: for an
         event whose effect another record already carries (a thin event whose snapshot twin
         was applied). Returns COMPLETED, or IN_FLIGHT if the claim was lost meanwhile."""
+        fields = {**self._completed_fields(), "last_note": note}
+        return Outcome.COMPLETED if self._update_claimed(claim, fields) else Outcome.IN_FLIGHT
+
+    def _completed_fields(self) -> dict[str, Any]:
         now = self.clock()
-        fields = {
+        return {
             "status": Status.COMPLETED,
             "updated_at": now,
             "completed_at": now,
             "lease_expires_at": None,
-            "last_note": note,
         }
-        option = self.db.write_option(last_update_time=claim.update_time)
-        try:
-            self.ref(claim.event_id).update(fields, option=option)
-        except gexc.FailedPrecondition:
-            return Outcome.IN_FLIGHT
-        return Outcome.COMPLETED
 
     def record_failure(self, claim: Claim, error: str, *, counts: bool = True) -> Outcome:
         """Record that the claimed attempt failed with `error`, releasing the claim.
@@ -238,7 +243,7 @@ class EventLedger:
         One that does not (Firestore or Stripe unavailable) leaves it `failed` and gives the
         attempt back, so that an outage never brings an event closer to the dead letter.
         Returns FAILED, DEAD, or IN_FLIGHT when another delivery has taken the event over
-        (its result stands and nothing is written).
+        (its result stands and nothing is written). Raises `LedgerUnavailable`.
         """
         dead = counts and claim.attempt >= self.settings.max_attempts
         fields: dict[str, Any] = {
@@ -249,16 +254,19 @@ class EventLedger:
         }
         if not counts:
             fields["attempts"] = claim.attempt - 1
-        option = self.db.write_option(last_update_time=claim.update_time)
-        try:
-            self.ref(claim.event_id).update(fields, option=option)  # pragma: SYNCPOINT ledger
-        except gexc.FailedPrecondition:
+        if not self._update_claimed(claim, fields):
             return Outcome.IN_FLIGHT
         return Outcome.DEAD if dead else Outcome.FAILED
 
+    def read(self, event_id: str) -> Snapshot:
+        """The record of `event_id` as it is now (it may not exist). Raises `LedgerUnavailable`."""
+        with translated("read the event's record"):
+            snapshot: Snapshot = self.ref(event_id).get()
+        return snapshot
+
     def holds(self, claim: Claim) -> bool:
         """Whether the record is still as `claim` left it (nobody took the event over)."""
-        snapshot = self.ref(claim.event_id).get()
+        snapshot = self.read(claim.event_id)
         return bool(snapshot.exists and snapshot.update_time == claim.update_time)
 
     def _new_record(self, received: VerifiedEvent, handled: bool, now: datetime) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from stripe_ledger.config import Settings
 from stripe_ledger.errors import LedgerUnavailable
 from stripe_ledger.firestore_client import bound_rpc_time
 from stripe_ledger.ledger import EventLedger
-from stripe_ledger.processing import process_event
+from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import HandlerRegistry
 from stripe_ledger.verify import parse_event
 from tests.support import SECRET, make_event
