@@ -1,285 +1,43 @@
-"""The transactional outbox: side effects enqueued in an event's transaction, run after it.
-
-A handler that must act outside Firestore (send an e-mail, call Stripe's API, publish a
-message) calls `ctx.enqueue(task, payload, key=...)`. The task is created in
-`stripe_tasks/{sha256(key)}` by the event's own transaction, so it exists exactly when the
-event's effects do. After the commit, the delivery runs the task's executor (registered with
-`@task(name)`); a task whose executor raised, or whose run never finished, is run again by
-`stripe-ledger outbox run` or the scheduled `run_outbox` function, with backoff, until it
-succeeds or is dead-lettered after STRIPE_TASK_MAX_ATTEMPTS runs. An executor therefore runs
-at least once, and every run carries the task's idempotency key, which it passes on (as
-Stripe's `Idempotency-Key`, for instance) so that a repeated run has no repeated effect. A key
-is enqueued once: a later enqueue of a key that exists, from any event, is a no-op.
-
-Runs follow the ledger's pattern (`stripe_ledger/ledger.py`): a run claims the task with a
-compare-and-set on its `update_time` (pending -> running, with a lease) and records its result
-with a write conditional on that claim, so two runners never both hold a task, and a runner
-whose lease was taken over cannot overwrite the new holder's result. See docs/outbox.md.
-"""
+"""Running tasks: claim a task with a lease, run its executor, record what it did; find the
+due ones; revive dead ones; list them. The lease rules are `stripe_ledger.lease`'s, the same
+as the ledger's."""
 
 from __future__ import annotations
 
-import enum
-import hashlib
 import logging
 import random
-import re
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from stripe_ledger import logs
+from stripe_ledger import lease, logs
 from stripe_ledger.config import Settings
-from stripe_ledger.context import read_through
+from stripe_ledger.errors import LedgerUnavailable
+from stripe_ledger.firestore_client import translated
 from stripe_ledger.ledger import Clock, Snapshot, utc_now
+from stripe_ledger.outbox.batch import TaskBatch
+from stripe_ledger.outbox.tasks import (
+    LIST_FIELDS,
+    TaskPage,
+    TaskResult,
+    TaskRun,
+    TaskStatus,
+    describe,
+    logged,
+    retry_delay,
+    task_id,
+)
 
 if TYPE_CHECKING:
-    from stripe_ledger.context import HandlerContext
     from stripe_ledger.registry import HandlerRegistry
     from stripe_ledger.verify import VerifiedEvent
 
-__all__ = [
-    "LIST_FIELDS",
-    "MAX_KEY_LENGTH",
-    "Outbox",
-    "TaskBatch",
-    "TaskPage",
-    "TaskResult",
-    "TaskRun",
-    "TaskStatus",
-    "UnknownTask",
-    "retry_delay",
-    "run_enqueued",
-    "task_id",
-]
-
-MAX_KEY_LENGTH = 255
-"""Stripe accepts idempotency keys of up to 255 characters."""
-
-RETRY_BASE_SECONDS = 30
-RETRY_CAP_SECONDS = 3600
-
-LIST_FIELDS = (
-    "task",
-    "key",
-    "status",
-    "attempts",
-    "event_id",
-    "next_attempt_at",
-    "created_at",
-    "completed_at",
-    "last_error",
-)
-"""The task fields a listing reads (a projection: payloads are never fetched)."""
-
-_KEY = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: an HTTP header value as it is
-_MAX_ERROR_CHARS = 1000
-_UNAVAILABLE = (gexc.GoogleAPICallError, gexc.RetryError)
-_OK = frozenset({"done", "in_flight", "not_due", "skipped", "would_run", "deferred", "revived"})
-
-
-class TaskStatus(enum.StrEnum):
-    """The `status` field of a task.
-
-    `pending` waits for its first run, or for its next one after a failure (`attempts` and
-    `last_error` tell which; `next_attempt_at` says when); `running` is claimed by a run
-    until `lease_expires_at`; `done` and `dead` (failed on its last allowed run) are final.
-    """
-
-    PENDING = "pending"
-    RUNNING = "running"
-    DONE = "done"
-    DEAD = "dead"
-
-
-class UnknownTask(LookupError):
-    """A handler enqueued a task that no executor is registered for."""
-
-
-@dataclass(frozen=True)
-class TaskRun:
-    """What an executor receives: one run of one task."""
-
-    task: str
-    key: str
-    """The task's idempotency key: the same on every run; pass it on (Stripe's
-    `Idempotency-Key`, an e-mail provider's idempotency header, a message ID)."""
-    payload: dict[str, Any]
-    event_id: str | None
-    """The event whose handler enqueued the task."""
-    attempt: int
-    """1 on the first run, 2 on the second, ..."""
-
-    @property
-    def idempotency_key(self) -> str:
-        return self.key
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """What one run (or a decision not to run) did to one task.
-
-    `outcome`: `done`; `failed` (the executor raised; `next_attempt_at` says when it runs
-    again); `dead` (failed on its last allowed run, or its last run never finished);
-    `lease_lost` (the executor ran, but past its lease, and another run took the task over);
-    `in_flight` (another run holds it); `not_due`; `skipped` (already done or dead);
-    `no_executor` (none registered here for its task); `unavailable` (Firestore);
-    `would_run` (dry run); `deferred` (the run's time budget was spent); `revived` (a dead
-    task made pending again by `revive`); `missing` (no such task).
-    """
-
-    key: str
-    task: str | None
-    event_id: str | None
-    status_before: str | None
-    outcome: str
-    attempt: int | None = None
-    error: str | None = None
-    next_attempt_at: datetime | None = None
-    duration_ms: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Whether nothing is wrong with the task (done, or rightly left for later)."""
-        return self.outcome in _OK
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class TaskPage:
-    """Tasks of a listing, newest first, and whether there are more."""
-
-    records: list[dict[str, Any]]
-    more: bool
-
-
-def task_id(key: str) -> str:
-    """The task's document ID: keys may hold `/`, and hashed IDs spread writes evenly."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def check_key(key: object) -> str:
-    """`key` if it can be an idempotency key (1-255 visible ASCII characters), else raise."""
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"a task key must be a non-empty string, got {key!r}")
-    if len(key) > MAX_KEY_LENGTH or not _KEY.match(key):
-        raise ValueError(
-            f"task key {key[:80]!r} must be at most {MAX_KEY_LENGTH} visible ASCII characters "
-            "(no spaces): it is sent as an idempotency key"
-        )
-    return key
-
-
-def retry_delay(attempts: int, rand: Callable[[], float] = random.random) -> timedelta:
-    """How long a task waits after its `attempts`-th run failed.
-
-    30 s, 1 min, 2 min, ... doubling up to one hour, each scaled by a random factor between
-    0.5 and 1, so that tasks which failed together (a provider's outage) do not retry together.
-    """
-    ceiling = min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** max(0, min(attempts - 1, 20)))
-    return timedelta(seconds=ceiling * (0.5 + rand() / 2))
-
-
-@dataclass(frozen=True)
-class _Enqueued:
-    task: str
-    key: str
-    payload: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class _Created:
-    item: _Enqueued
-    ref: firestore.DocumentReference
-    document: dict[str, Any]
-    index: int  # position of the create among the transaction's writes
-
-
-class TaskBatch:
-    """The tasks that one attempt of an event's transaction enqueues.
-
-    A new batch comes with each attempt's `HandlerContext`, so a transaction retried on
-    contention enqueues afresh and default keys count from 0 again: they are stable.
-    """
-
-    def __init__(self, outbox: Outbox, received: VerifiedEvent, tx: firestore.Transaction) -> None:
-        self.outbox = outbox
-        self.received = received
-        self.tx = tx
-        self.created: list[_Created] = []
-        self.existing: list[str] = []
-        self._enqueued: dict[str, _Enqueued] = {}
-        self._counts: dict[str, int] = {}
-        self._written = False
-
-    def add(
-        self, task: str, payload: Mapping[str, Any] | None = None, *, key: str | None = None
-    ) -> str:
-        """Enqueue `task` (see `HandlerContext.enqueue`); return its idempotency key."""
-        if self._written:
-            raise RuntimeError("tasks are enqueued by handlers, before the transaction commits")
-        if self.outbox.registry.executor(task) is None:
-            raise UnknownTask(
-                f"no executor is registered for task {task!r}: register one with "
-                f"@task({task!r}) in a module the function imports"
-            )
-        if payload is not None and not isinstance(payload, Mapping):
-            raise TypeError(f"a task payload must be a mapping, got {type(payload).__name__}")
-        count = self._counts.get(task, 0)
-        self._counts[task] = count + 1
-        key = check_key(f"{self.received.id}:{task}:{count}" if key is None else key)
-        earlier = self._enqueued.get(key)
-        if earlier is None:
-            self._enqueued[key] = _Enqueued(task, key, dict(payload or {}))
-        elif earlier.task != task:
-            raise ValueError(f"task key {key!r} is already enqueued for task {earlier.task!r}")
-        return key
-
-    def write(self) -> None:
-        """Create the enqueued tasks that do not exist yet, in the transaction.
-
-        Called once, after the handlers and before the record's completion. The documents are
-        read through the transaction in one batch, so a key that another event's transaction
-        creates at the same time is serialised by Firestore: one of the two creates it, the
-        other sees it (after a retry) and leaves it.
-        """
-        self._written = True
-        if not self._enqueued:
-            return
-        refs = [self.outbox.ref(key) for key in self._enqueued]
-        found = {snapshot.reference.path: snapshot for snapshot in read_through(self.tx, refs)}
-        now = self.outbox.clock()
-        for ref, item in zip(refs, self._enqueued.values(), strict=True):
-            if found[ref.path].exists:
-                self.existing.append(item.key)
-                continue
-            document = self.outbox.new_document(item, self.received, now)
-            index = len(self.tx._write_pbs)
-            self.tx.create(ref, document)
-            self.created.append(_Created(item, ref, document, index))
-
-    def run(self) -> list[TaskResult]:
-        """After the commit: run each task this transaction created, in order."""
-        results = []
-        write_results = self.tx.write_results or []
-        for created in self.created:
-            update_time = None
-            if created.index < len(write_results):
-                update_time = write_results[created.index].update_time
-            if update_time is None:  # never expected; read the task to claim it safely
-                results.append(self.outbox.run_key(created.item.key))
-            else:
-                results.append(self.outbox.run_record(created.ref, update_time, created.document))
-        return results
+__all__ = ["Outbox", "run_enqueued"]
 
 
 class Outbox:
@@ -306,27 +64,14 @@ class Outbox:
 
     def batch(self, received: VerifiedEvent, tx: firestore.Transaction) -> TaskBatch:
         """A new batch for one attempt of `received`'s transaction."""
-        return TaskBatch(self, received, tx)
-
-    def new_document(
-        self, item: _Enqueued, received: VerifiedEvent, now: datetime
-    ) -> dict[str, Any]:
-        return {
-            "task": item.task,
-            "key": item.key,
-            "payload": item.payload,
-            "event_id": received.id,
-            "event_type": received.type,
-            "status": TaskStatus.PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "lease_expires_at": None,
-            "last_error": None,
-            "created_at": now,
-            "updated_at": now,
-            "completed_at": None,
-            "expire_at": now + timedelta(days=self.settings.retention_days),
-        }
+        return TaskBatch(
+            received,
+            tx,
+            registry=self.registry,
+            ref=self.ref,
+            clock=self.clock,
+            retention=timedelta(days=self.settings.retention_days),
+        )
 
     # --- running --------------------------------------------------------------------------
 
@@ -334,9 +79,10 @@ class Outbox:
         """Run the task with idempotency key `key` now (if nobody holds it and it is not
         final); `due_only` also leaves it if its next attempt is not due yet."""
         try:
-            snapshot = self.ref(key).get()
-        except _UNAVAILABLE as error:
-            return _logged(TaskResult(key, None, None, None, "unavailable", error=_describe(error)))
+            with translated("read a task"):
+                snapshot = self.ref(key).get()
+        except LedgerUnavailable as error:
+            return logged(TaskResult(key, None, None, None, "unavailable", error=describe(error)))
         if not snapshot.exists:
             return TaskResult(key, None, None, None, "missing", error="no such task")
         return self.run_snapshot(snapshot, due_only=due_only)
@@ -376,19 +122,23 @@ class Outbox:
         now = self.clock()
         if status in (TaskStatus.DONE, TaskStatus.DEAD):
             return result("skipped", attempt=attempts)
-        if status == TaskStatus.RUNNING:
-            lease = record.get("lease_expires_at")
-            if lease is not None and lease > now:
-                return result("in_flight", attempt=attempts)
-        elif status == TaskStatus.PENDING:
-            due = record.get("next_attempt_at")
-            if due_only and due is not None and due > now:
-                return result("not_due", attempt=attempts, next_attempt_at=due)
-        else:
-            return _logged(result("invalid", error=f"unknown task status {status!r}"))
+        if status not in (TaskStatus.PENDING, TaskStatus.RUNNING):
+            return logged(result("invalid", error=f"unknown task status {status!r}"))
+        judged = lease.judge(
+            dict(record),
+            running=TaskStatus.RUNNING,
+            max_attempts=self.settings.task_max_attempts,
+            now=now,
+            attempt_word="run",
+        )
+        if judged.verdict is lease.Verdict.LIVE:
+            return result("in_flight", attempt=attempts)
+        due = record.get("next_attempt_at")
+        if status == TaskStatus.PENDING and due_only and due is not None and due > now:
+            return result("not_due", attempt=attempts, next_attempt_at=due)
         executor = self.registry.executor(str(task))
         if executor is None:
-            return _logged(
+            return logged(
                 result(
                     "no_executor",
                     attempt=attempts,
@@ -399,26 +149,25 @@ class Outbox:
         if dry_run:
             return result("would_run", attempt=attempts + 1)
         fields: dict[str, Any] = {"updated_at": now}
-        if status == TaskStatus.RUNNING:
-            abandoned = f"run {attempts} did not finish within its lease (crash or timeout)"
-            fields["last_error"] = abandoned
-            if attempts >= self.settings.task_max_attempts:
+        try:
+            if judged.abandoned is not None:
+                fields["last_error"] = judged.abandoned
+            if judged.verdict is lease.Verdict.EXHAUSTED:
                 fields.update(status=TaskStatus.DEAD, lease_expires_at=None, next_attempt_at=None)
                 fields["expire_at"] = now + timedelta(days=self.settings.retention_days)
                 if self._compare_and_set(ref, update_time, fields) is None:
                     return result("in_flight", attempt=attempts)
-                return _logged(result("dead", attempt=attempts, error=abandoned))
-        lease = now + timedelta(seconds=self.settings.lease_seconds)
-        fields.update(
-            status=TaskStatus.RUNNING,
-            attempts=attempts + 1,
-            lease_expires_at=lease,
-            next_attempt_at=lease,  # a run that never finishes is due again when its lease ends
-        )
-        try:
+                return logged(result("dead", attempt=attempts, error=judged.abandoned))
+            expires = lease.held(now, self.settings.lease_seconds)
+            fields.update(
+                status=TaskStatus.RUNNING,
+                attempts=attempts + 1,
+                lease_expires_at=expires,
+                next_attempt_at=expires,  # a run that never finishes is due again then
+            )
             claim_time = self._compare_and_set(ref, update_time, fields)
-        except _UNAVAILABLE as error:
-            return _logged(result("unavailable", attempt=attempts, error=_describe(error)))
+        except LedgerUnavailable as error:
+            return logged(result("unavailable", attempt=attempts, error=describe(error)))
         if claim_time is None:
             return result("in_flight", attempt=attempts)
         run = TaskRun(str(task), key, dict(record.get("payload") or {}), event_id, attempts + 1)
@@ -437,7 +186,7 @@ class Outbox:
         try:
             executor(run)
         except Exception as error:  # noqa: BLE001 - recorded on the task, retried with backoff
-            error_text = _describe(error)
+            error_text = describe(error)
         now = self.clock()
         retention = now + timedelta(days=self.settings.retention_days)
         fields: dict[str, Any] = {"updated_at": now, "lease_expires_at": None}
@@ -463,11 +212,11 @@ class Outbox:
                     f"({self.settings.lease_seconds} s) and another run took the task over; "
                     "that run's result stands"
                 )
-        except _UNAVAILABLE as error:
+        except LedgerUnavailable as error:
             # The task stays `running`: it is run again once its lease ends.
             outcome, next_attempt = "unavailable", None
-            error_text = f"{error_text + '; ' if error_text else ''}{_describe(error)}"
-        return _logged(
+            error_text = f"{error_text + '; ' if error_text else ''}{describe(error)}"
+        return logged(
             TaskResult(
                 run.key,
                 run.task,
@@ -485,14 +234,8 @@ class Outbox:
         self, ref: firestore.DocumentReference, update_time: datetime, fields: dict[str, Any]
     ) -> datetime | None:
         """Update the task unless it changed since `update_time`; its new update time, or
-        None when it had changed."""
-        option = self.db.write_option(last_update_time=update_time)
-        try:
-            result = ref.update(fields, option=option)
-        except gexc.FailedPrecondition:
-            return None
-        updated: datetime = result.update_time
-        return updated
+        None when it had changed. Raises `LedgerUnavailable`."""
+        return lease.compare_and_set(self.db, ref, update_time, fields).update_time
 
     # --- due tasks ------------------------------------------------------------------------
 
@@ -501,11 +244,13 @@ class Outbox:
         attempt has come, and `running` ones whose lease has ended (their `next_attempt_at`).
 
         One query per status, each served by the composite index (status, next_attempt_at).
+        Raises `LedgerUnavailable`.
         """
         now = self.clock()
         found: list[Snapshot] = []
         for status in (TaskStatus.PENDING, TaskStatus.RUNNING):
-            found.extend(self.due_query(status, now).limit(limit).stream())
+            with translated("query the due tasks"):
+                found.extend(self.due_query(status, now).limit(limit).stream())
         found.sort(key=lambda snapshot: snapshot.get("next_attempt_at"))
         return found[:limit]
 
@@ -560,9 +305,10 @@ class Outbox:
         that are not dead are `skipped`.
         """
         try:
-            snapshot = self.ref(key).get()
-        except _UNAVAILABLE as error:
-            return TaskResult(key, None, None, None, "unavailable", error=_describe(error))
+            with translated("read a task"):
+                snapshot = self.ref(key).get()
+        except LedgerUnavailable as error:
+            return TaskResult(key, None, None, None, "unavailable", error=describe(error))
         if not snapshot.exists:
             return TaskResult(key, None, None, None, "missing", error="no such task")
         record = snapshot.to_dict() or {}
@@ -585,7 +331,11 @@ class Outbox:
             "expire_at": now + timedelta(days=self.settings.retention_days),
         }
         assert snapshot.update_time is not None
-        if self._compare_and_set(snapshot.reference, snapshot.update_time, fields) is None:
+        try:
+            revived = self._compare_and_set(snapshot.reference, snapshot.update_time, fields)
+        except LedgerUnavailable as error:
+            return TaskResult(key, task, event_id, status, "unavailable", error=describe(error))
+        if revived is None:
             return TaskResult(key, task, event_id, status, "in_flight", attempts)
         return TaskResult(key, task, event_id, status, "revived", 0, next_attempt_at=now)
 
@@ -614,59 +364,33 @@ class Outbox:
         return query.order_by("created_at", direction=firestore.Query.DESCENDING)
 
 
-def run_enqueued(ctx: HandlerContext) -> list[TaskResult]:
-    """After the commit of `ctx`'s transaction: run the tasks it created, in this request.
+def run_enqueued(outbox: Outbox, batch: TaskBatch) -> list[TaskResult]:
+    """After the commit of `batch`'s transaction: run the tasks it created, in this request.
 
     Never raises an `Exception`: the event is committed and its tasks are durable, so whatever
     goes wrong here (an executor raising, Firestore unreachable) is left to `outbox run`.
     """
-    batch = ctx.tasks
-    if batch is None or not batch.created:
+    if not batch.created:
         return []
     try:
-        return batch.run()
+        results = []
+        write_results = batch.tx.write_results or []
+        for created in batch.created:
+            update_time = None
+            if created.index < len(write_results):
+                update_time = write_results[created.index].update_time
+            if update_time is None:  # never expected; read the task to claim it safely
+                results.append(outbox.run_key(created.item.key))
+            else:
+                results.append(outbox.run_record(created.ref, update_time, created.document))
+        return results
     except Exception as error:  # noqa: BLE001 - the tasks stay pending; `outbox run` retries
+        event_id = batch.received.id
         logs.log(
             logging.ERROR,
-            f"could not run the tasks of event {ctx.event_id} after its commit: "
-            f"{_describe(error)}; `stripe-ledger outbox run` will",
+            f"could not run the tasks of event {event_id} after its commit: "
+            f"{describe(error)}; `stripe-ledger outbox run` will",
             exc_info=error,
-            event_id=ctx.event_id,
+            event_id=event_id,
         )
         return []
-
-
-_LEVELS = {
-    "done": logging.INFO,
-    "failed": logging.WARNING,
-    "lease_lost": logging.WARNING,
-}
-
-
-def _logged(result: TaskResult) -> TaskResult:
-    """Log one line for a run (or a refusal to run) that an operator should see."""
-    level = _LEVELS.get(result.outcome, logging.ERROR)
-    message = f"task {result.key} ({result.task}) {result.outcome}"
-    if result.attempt is not None:
-        message += f" on run {result.attempt}"
-    if result.error:
-        message += f": {result.error}"
-    if result.next_attempt_at is not None:
-        message += f"; next run after {result.next_attempt_at.isoformat(timespec='seconds')}"
-    logs.log(
-        level,
-        message,
-        task=result.task,
-        task_key=result.key,
-        task_status=result.outcome,
-        event_id=result.event_id,
-        attempt=result.attempt,
-        duration_ms=result.duration_ms,
-        error=result.error,
-        next_attempt_at=result.next_attempt_at,
-    )
-    return result
-
-
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:_MAX_ERROR_CHARS]
