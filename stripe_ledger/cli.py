@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from stripe_ledger import logs
-from stripe_ledger.errors import ConfigurationError
+from stripe_ledger.errors import ConfigurationError, LedgerUnavailable
 from stripe_ledger.operation_errors import OperationFailed, UsageError
 
 if TYPE_CHECKING:
@@ -482,9 +482,7 @@ def _replay(args: argparse.Namespace) -> int:
         advance = bars.bar("Replaying" if not args.dry_run else "Checking", len(event_ids))
         results = replay_events(
             event_ids,
-            db=service.db,
-            ledger=service.ledger,
-            registry=service.registry,
+            service,
             force=args.force,
             dry_run=args.dry_run,
             workers=args.workers,
@@ -544,9 +542,7 @@ def _reconcile(args: argparse.Namespace) -> int:
         checking = "Processing" if not args.dry_run else "Checking"
         outcome = reconcile(
             api,
-            db=service.db,
-            ledger=service.ledger,
-            registry=service.registry,
+            service,
             since=since,
             all_events=args.all_events,
             dry_run=args.dry_run,
@@ -814,6 +810,8 @@ def _service() -> WebhookService:
         raise ConfigurationError(
             f"no Google Cloud project: set GOOGLE_CLOUD_PROJECT ({error})"
         ) from error
+    except LedgerUnavailable as error:  # no credentials: for an operator, a setup to fix
+        raise ConfigurationError(str(error)) from error
 
 
 def _probe_emulator(host: str) -> None:

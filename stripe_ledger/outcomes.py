@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Delivery", "Outcome"]
 
@@ -29,3 +29,5 @@ class Delivery:
     attempt: int | None = None
     error: str | None = None
     retry_after: int | None = None
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+    """What a handler raised, for the traceback in the log line (never in a response)."""

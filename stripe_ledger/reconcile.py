@@ -5,8 +5,8 @@ succeeded (`delivery_success=false`: pending, or failed at some endpoint) are li
 lists every event in the window. Each listed event is looked up in the ledger:
 
 - missing, `failed`, or `processing` (a lease that may have expired): processed through
-  `processing.process_event`, the live path, so a live redelivery arriving meanwhile still
-  gives one effect;
+  the pipeline of live deliveries (`WebhookService.process`, refetch mode included), so a
+  live redelivery arriving meanwhile still gives one effect;
 - `completed` or `ignored`: left untouched;
 - `dead`: reported, not processed (that is what `stripe-ledger replay` is for).
 
@@ -25,14 +25,17 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from google.cloud import firestore
-
-from stripe_ledger.errors import InvalidEvent, LedgerUnavailable
+from stripe_ledger.errors import (
+    ConfigurationError,
+    InvalidEvent,
+    LedgerUnavailable,
+    StripeUnavailable,
+)
+from stripe_ledger.firestore_client import translated
 from stripe_ledger.ledger import EventLedger, Status
 from stripe_ledger.operation_errors import UsageError
 from stripe_ledger.operations import Progress
-from stripe_ledger.processing import process_event
-from stripe_ledger.registry import HandlerRegistry
+from stripe_ledger.service import WebhookService
 from stripe_ledger.stripe_api import StripeApi
 from stripe_ledger.verify import parse_event
 
@@ -104,10 +107,8 @@ def check_window(since: datetime, now: datetime) -> None:
 
 def reconcile(
     api: StripeApi,
+    service: WebhookService,
     *,
-    db: firestore.Client,
-    ledger: EventLedger,
-    registry: HandlerRegistry,
     since: datetime,
     all_events: bool = False,
     dry_run: bool = False,
@@ -121,6 +122,7 @@ def reconcile(
     `listing` is told of each event listed; `processing(total)` returns the progress of the
     events to process. Dry runs list and look up, and write nothing.
     """
+    ledger = service.ledger
     check_window(since, ledger.clock())
     report = ReconcileReport(since, all_events, dry_run)
     events: dict[str, dict[str, Any]] = {}
@@ -135,7 +137,7 @@ def reconcile(
     report.api_retries = api.retries
     # Stripe lists newest first; process oldest first, as they happened.
     ordered = sorted(events.values(), key=lambda event: int(event.get("created") or 0))
-    statuses = _ledger_statuses(db, ledger, (str(event["id"]) for event in ordered))
+    statuses = _ledger_statuses(ledger, (str(event["id"]) for event in ordered))
 
     def one(event: dict[str, Any]) -> ReconcileResult:
         event_id = str(event["id"])
@@ -147,7 +149,7 @@ def reconcile(
             return found
         if dry_run:
             return replace(found, outcome="would_process")
-        return _process(found, event, db, ledger, registry)
+        return _process(found, event, service)
 
     to_process = [event for event in ordered if statuses.get(str(event["id"])) in _TO_PROCESS]
     advance = processing(len(to_process)) if processing is not None else None
@@ -166,21 +168,17 @@ def reconcile(
 
 
 def _process(
-    found: ReconcileResult,
-    event: dict[str, Any],
-    db: firestore.Client,
-    ledger: EventLedger,
-    registry: HandlerRegistry,
+    found: ReconcileResult, event: dict[str, Any], service: WebhookService
 ) -> ReconcileResult:
     started = time.perf_counter()
     try:
         received = parse_event(json.dumps(event))
     except InvalidEvent as error:
         return replace(found, outcome="invalid", error=str(error))
-    note = f"processed by stripe-ledger reconcile at {ledger.clock().isoformat(timespec='seconds')}"
+    now = service.ledger.clock().isoformat(timespec="seconds")
     try:
-        delivery = process_event(received, db=db, ledger=ledger, registry=registry, note=note)
-    except LedgerUnavailable as error:
+        delivery = service.process(received, note=f"processed by stripe-ledger reconcile at {now}")
+    except (LedgerUnavailable, StripeUnavailable, ConfigurationError) as error:
         return replace(found, outcome="unavailable", error=str(error))
     return replace(
         found,
@@ -191,15 +189,15 @@ def _process(
     )
 
 
-def _ledger_statuses(
-    db: firestore.Client, ledger: EventLedger, event_ids: Iterable[str]
-) -> dict[str, str | None]:
+def _ledger_statuses(ledger: EventLedger, event_ids: Iterable[str]) -> dict[str, str | None]:
     """The status of each event's record (None when there is none), read in batches."""
     ids = list(event_ids)
     statuses: dict[str, str | None] = dict.fromkeys(ids)
     for start in range(0, len(ids), _LOOKUP_BATCH):
         refs = [ledger.ref(event_id) for event_id in ids[start : start + _LOOKUP_BATCH]]
-        for snapshot in db.get_all(refs, field_paths=["status"]):
+        with translated("read the ledger's statuses"):
+            found = list(ledger.db.get_all(refs, field_paths=["status"]))
+        for snapshot in found:
             if snapshot.exists:
                 statuses[snapshot.id] = snapshot.get("status")
     return statuses

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from google.cloud.firestore import DocumentReference
 
     from stripe_ledger.context import HandlerContext
-    from stripe_ledger.outbox import TaskRun
+    from stripe_ledger.outbox.tasks import TaskRun
     from stripe_ledger.verify import VerifiedEvent
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Registration",
     "import_handler_modules",
     "matches",
+    "registry",
 ]
 
 Handler = Callable[["HandlerContext"], None]
@@ -141,6 +142,10 @@ class HandlerRegistry:
         """The registrations that run for `received`: matching its type, and its `when`."""
         return tuple(r for r in self.handlers_for(received.type) if r.applies_to(received))
 
+    def handler_names(self) -> set[str]:
+        """The names (`module.function`) of every registered handler."""
+        return {r.name for r in self._registrations}
+
     def patterns(self) -> list[str]:
         """Every registered pattern, in registration order, without repeats."""
         return list(dict.fromkeys(r.pattern for r in self._registrations))
@@ -168,3 +173,8 @@ def import_handler_modules(names: Iterable[str]) -> None:
             raise ConfigurationError(
                 f"handler module {name!r} failed to import: {type(error).__name__}: {error}"
             ) from error
+
+
+registry = HandlerRegistry()
+"""The function's registry: `handlers.on` and `handlers.task` register into it, and the
+function, the outbox runner and the CLI run what it holds."""

@@ -1,13 +1,19 @@
 """Replay stored events through exactly the path a live delivery takes.
 
 A replay parses the record's stored payload (a trusted source: its signature was verified
-when it arrived, so it is not checked again) and hands it to `processing.process_event`
-with a wider `reclaim`: `failed` and `dead` records, and with `force` also `completed` and
-`ignored` ones, may be claimed again. Claiming is the same compare-and-set as for a live
+when it arrived, so it is not checked again), a snapshot event or a thin event notification,
+and hands it to the pipeline every live delivery takes (`WebhookService.process`: thin events
+fetched, refetch mode applied) with a wider `reclaim`: `failed` and `dead` records, and with
+`force` also `completed` and `ignored` ones, may be claimed again. Claiming is the same compare-and-set as for a live
 delivery, so a replay racing a live redelivery of the same event still applies it once: one
 of them holds the claim, the other sees it in flight or settled. A forced replay runs the
 handlers again in a new transaction; the claim counts it in the record's `replays` and
 `last_note` says who replayed it and when.
+
+An event that failed in a handler is replayed only where that handler is registered: a
+replay without it (STRIPE_HANDLER_MODULES not set as deployed) would complete the event with
+the failed effect never applied, and Stripe would not send it again. It is refused
+(`no_handler`) instead.
 """
 
 from __future__ import annotations
@@ -20,13 +26,16 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from google.cloud import firestore
-
-from stripe_ledger.errors import InvalidEvent, LedgerUnavailable
+from stripe_ledger.errors import (
+    ConfigurationError,
+    InvalidEvent,
+    LedgerUnavailable,
+    StripeUnavailable,
+)
 from stripe_ledger.ledger import EventLedger, Status, stored_payload
 from stripe_ledger.operations import Progress, event_query, scan
-from stripe_ledger.processing import process_event
-from stripe_ledger.registry import HandlerRegistry
+from stripe_ledger.processing import failed_handler
+from stripe_ledger.service import WebhookService
 from stripe_ledger.verify import parse_event
 
 __all__ = [
@@ -53,8 +62,9 @@ class ReplayResult:
 
     `outcome` is a delivery outcome (`completed`, `ignored`, `duplicate`, `failed`, `dead`,
     `in_flight`), or `would_replay` (dry run), `skipped` (settled, and no `force`),
-    `missing` (not in the ledger), `invalid` (no usable stored payload) or `unavailable`
-    (Firestore could not be reached).
+    `missing` (not in the ledger), `invalid` (no usable stored payload), `no_handler` (the
+    handler that failed is not registered here), `unavailable` (Firestore or Stripe's API
+    could not be reached) or `misconfigured` (e.g. no STRIPE_API_KEY for a thin event).
     """
 
     event_id: str
@@ -91,16 +101,18 @@ def select_event_ids(
 
 def replay_event(
     event_id: str,
+    service: WebhookService,
     *,
-    db: firestore.Client,
-    ledger: EventLedger,
-    registry: HandlerRegistry,
     force: bool = False,
     dry_run: bool = False,
 ) -> ReplayResult:
     """Replay one stored event (see the module); a dry run reads the record and writes nothing."""
     started = time.perf_counter()
-    snapshot = ledger.ref(event_id).get()
+    ledger = service.ledger
+    try:
+        snapshot = ledger.read(event_id)
+    except LedgerUnavailable as error:
+        return ReplayResult(event_id, None, None, "unavailable", error=str(error))
     if not snapshot.exists:
         return ReplayResult(
             event_id, None, None, "missing", error="not in the ledger (reconcile fetches it)"
@@ -114,6 +126,13 @@ def replay_event(
 
     if status in FORCE_ONLY and not force:
         return result("skipped", error=f"already {status}; --force runs its handlers again")
+    handler = failed_handler(record.get("last_error"))
+    if handler is not None and handler not in service.registry.handler_names():
+        return result(
+            "no_handler",
+            error=f"{handler} failed, and it is not registered here: set "
+            "STRIPE_HANDLER_MODULES as the function has it, then replay",
+        )
     if dry_run:
         return result("would_replay")
     payload = stored_payload(record)
@@ -125,25 +144,18 @@ def replay_event(
         return result("invalid", error=f"stored payload: {error}")
     reclaim = REPLAYABLE | FORCE_ONLY if force else REPLAYABLE
     try:
-        delivery = process_event(
-            received,
-            db=db,
-            ledger=ledger,
-            registry=registry,
-            reclaim=reclaim,
-            note=_note(force, ledger.clock()),
-        )
-    except LedgerUnavailable as error:
+        delivery = service.process(received, reclaim=reclaim, note=_note(force, ledger.clock()))
+    except (LedgerUnavailable, StripeUnavailable) as error:
         return result("unavailable", error=str(error))
+    except ConfigurationError as error:
+        return result("misconfigured", error=str(error))
     return result(delivery.outcome.value, attempt=delivery.attempt, error=delivery.error)
 
 
 def replay_events(
     event_ids: Iterable[str],
+    service: WebhookService,
     *,
-    db: firestore.Client,
-    ledger: EventLedger,
-    registry: HandlerRegistry,
     force: bool = False,
     dry_run: bool = False,
     workers: int = 4,
@@ -154,9 +166,7 @@ def replay_events(
     the order of `event_ids`."""
 
     def one(event_id: str) -> ReplayResult:
-        replayed = replay_event(
-            event_id, db=db, ledger=ledger, registry=registry, force=force, dry_run=dry_run
-        )
+        replayed = replay_event(event_id, service, force=force, dry_run=dry_run)
         if on_result is not None:
             on_result(replayed)
         if progress is not None:

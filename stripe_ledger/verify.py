@@ -1,7 +1,9 @@
 """Verify a delivery's signature on the raw body, then parse it into a `VerifiedEvent`.
 
 Nothing is parsed before the signature matches one of the configured secrets, so an
-unsigned body never reaches the JSON parser, the ledger or a log line.
+unsigned body never reaches the JSON parser, the ledger or a log line. `parse_event` reads a
+verified (or otherwise trusted: stored, or from Stripe's API) body of either kind, a snapshot
+event or a thin event notification; every door reads events with it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -18,14 +21,20 @@ import stripe
 from stripe_ledger.errors import InvalidEvent, SignatureError
 
 __all__ = [
+    "THIN_OBJECT",
     "Signed",
     "VerifiedEvent",
     "check_event_id",
     "event_from",
+    "is_thin",
     "load_json",
     "parse_event",
+    "thin_event_from",
     "verify_signature",
 ]
+
+THIN_OBJECT = "v2.core.event"
+"""The `object` of a thin event notification."""
 
 # Stripe event IDs are "evt_" and letters, digits or underscores. Checking the shape also keeps
 # characters Firestore forbids in document IDs ("/", "__x__", "..") out of the ledger's keys.
@@ -180,6 +189,43 @@ def event_from(data: dict[str, Any], payload: str) -> VerifiedEvent:
     return VerifiedEvent(data=data, payload=payload)
 
 
+def is_thin(data: Mapping[str, Any]) -> bool:
+    """Whether a body is a thin event notification rather than a snapshot event."""
+    return data.get("object") == THIN_OBJECT
+
+
+def thin_event_from(data: dict[str, Any], payload: str) -> VerifiedEvent:
+    """The thin event as the ledger records it: its own ID and type, its related object's ID
+    as `object_id`, the body as received. Raises `InvalidEvent` for a malformed notification."""
+    check_event_id(data)
+    try:
+        created = int(
+            datetime.fromisoformat(str(data["created"]).replace("Z", "+00:00")).timestamp()
+        )
+    except (KeyError, ValueError, OverflowError):
+        raise InvalidEvent("thin event has no valid created time") from None
+    related = data.get("related_object")
+    if related is not None and not (
+        isinstance(related, dict) and isinstance(related.get("url"), str)
+    ):
+        raise InvalidEvent("thin event has a malformed related_object")
+    stub = {"id": related.get("id"), "object": related.get("type")} if related else {}
+    context = data.get("context")
+    record = {
+        "id": data["id"],
+        "object": THIN_OBJECT,
+        "type": data["type"],
+        "created": created,
+        "livemode": bool(data.get("livemode")),
+        "account": context if isinstance(context, str) else None,
+        "data": {"object": stub},
+        "related_object": related,
+    }
+    return VerifiedEvent(data=record, payload=payload)
+
+
 def parse_event(payload: str) -> VerifiedEvent:
-    """Parse a verified (or otherwise trusted) snapshot event body; see `event_from`."""
-    return event_from(load_json(payload), payload)
+    """Parse a verified (or otherwise trusted) body of either kind: a thin event notification
+    (`thin_event_from`) or a snapshot event (`event_from`); raise `InvalidEvent`."""
+    data = load_json(payload)
+    return (thin_event_from if is_thin(data) else event_from)(data, payload)

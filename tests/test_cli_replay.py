@@ -20,9 +20,9 @@ from google.cloud import firestore
 from test_utils.orchestrate import orchestrate
 
 from stripe_ledger.config import Settings
-from stripe_ledger.ledger import EventLedger
-from stripe_ledger.processing import process_event
+from stripe_ledger.pipeline import process_event
 from stripe_ledger.replay import replay_event
+from stripe_ledger.service import WebhookService
 from stripe_ledger.verify import parse_event
 from tests.cli_support import (
     effects,
@@ -153,7 +153,8 @@ def _race(
     """Race `replay_event` against `process_event` on batch[n] in interleaving n; each
     interleaving's outcomes by contender."""
     registry = seeding_registry(fail=False)
-    ledger = EventLedger(db, Settings(webhook_secrets=()))
+    service = WebhookService(Settings(webhook_secrets=()), db, registry)
+    ledger = service.ledger
     results: dict[int, dict[str, str]] = {}
 
     def contender(name: str, run: Callable[[dict[str, Any]], str]) -> Callable[[], None]:
@@ -166,7 +167,7 @@ def _race(
         return go
 
     def replay(event: dict[str, Any]) -> str:
-        return replay_event(event["id"], db=db, ledger=ledger, registry=registry).outcome
+        return replay_event(event["id"], service).outcome
 
     def live(event: dict[str, Any]) -> str:
         received = parse_event(json.dumps(event))

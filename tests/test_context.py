@@ -13,7 +13,7 @@ from stripe_ledger.config import Settings
 from stripe_ledger.context import HandlerContext, ReadAfterWrite
 from stripe_ledger.ledger import EventLedger
 from stripe_ledger.outcomes import Outcome
-from stripe_ledger.processing import process_event
+from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import HandlerRegistry
 from stripe_ledger.verify import parse_event
 from tests.support import SECRET, count_rpcs, make_event

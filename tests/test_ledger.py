@@ -23,7 +23,8 @@ from stripe_ledger.context import HandlerContext
 from stripe_ledger.errors import LedgerUnavailable
 from stripe_ledger.ledger import Claim, EventLedger, Settled, Status
 from stripe_ledger.outcomes import Delivery, Outcome
-from stripe_ledger.processing import process_claimed, process_event
+from stripe_ledger.pipeline import process_event
+from stripe_ledger.processing import process_claimed
 from stripe_ledger.registry import HandlerRegistry
 from stripe_ledger.verify import VerifiedEvent, parse_event
 from tests.support import SECRET, Clock, make_event
@@ -346,7 +347,7 @@ def test_a_slow_holder_cannot_commit_after_a_takeover(db: firestore.Client) -> N
     claim = slow.claim(received, handled=True)
     assert isinstance(claim, Claim)
     assert deliver(db, late, registry, received).outcome is Outcome.COMPLETED
-    delivery = process_claimed(received, claim, db=db, ledger=slow, registry=registry)
+    delivery = process_claimed(received, [claim], db=db, ledger=slow, registry=registry)
     assert delivery.outcome is Outcome.IN_FLIGHT
     assert effects(db, received.id) == 1
     record = slow.ref(received.id).get().to_dict()

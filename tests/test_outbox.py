@@ -25,9 +25,10 @@ from stripe_ledger.errors import LedgerUnavailable
 from stripe_ledger.ledger import EventLedger
 from stripe_ledger.outbox import Outbox, TaskRun, task_id
 from stripe_ledger.outcomes import Delivery, Outcome
-from stripe_ledger.processing import process_event
+from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import HandlerRegistry
 from stripe_ledger.replay import replay_event
+from stripe_ledger.service import WebhookService
 from stripe_ledger.verify import VerifiedEvent, parse_event
 from tests.support import SECRET, Clock, count_rpcs, make_event
 
@@ -101,6 +102,10 @@ class World:
     @property
     def ledger(self) -> EventLedger:
         return EventLedger(self.db, self.settings, self.clock)
+
+    @property
+    def service(self) -> WebhookService:
+        return WebhookService(self.settings, self.db, self.registry, self.clock)
 
     @property
     def outbox(self) -> Outbox:
@@ -229,9 +234,7 @@ class TestEnqueue:
         exists, so the executor does not run a second time."""
         received = event()
         w.deliver(received)
-        replayed = replay_event(
-            received.id, db=w.db, ledger=w.ledger, registry=w.registry, force=True
-        )
+        replayed = replay_event(received.id, w.service, force=True)
         assert replayed.outcome == "completed"
         assert w.db.collection(EFFECTS).document(received.id).get().get("count") == 2
         assert len(w.runs.calls) == 1

@@ -23,7 +23,7 @@ from stripe_ledger.context import HandlerContext
 from stripe_ledger.errors import LedgerUnavailable
 from stripe_ledger.ledger import EventLedger
 from stripe_ledger.outcomes import Delivery, Outcome
-from stripe_ledger.processing import process_event
+from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import HandlerRegistry, Registration, import_handler_modules
 from stripe_ledger.verify import parse_event
 from tests.support import SECRET, RpcCounter, count_rpcs, ledger_record, make_event

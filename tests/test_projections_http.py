@@ -17,7 +17,7 @@ from google.cloud import firestore
 import handlers
 from stripe_ledger.config import Settings
 from stripe_ledger.ledger import EventLedger
-from stripe_ledger.processing import process_event
+from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import import_handler_modules
 from stripe_ledger.verify import parse_event
 from tests.support import SECRET, FunctionServer, fixture_files, ledger_record, load_fixture

@@ -25,7 +25,7 @@ import handlers
 from stripe_ledger.config import Settings
 from stripe_ledger.ledger import EventLedger
 from stripe_ledger.outcomes import Outcome
-from stripe_ledger.processing import process_event
+from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import HandlerRegistry, import_handler_modules
 from stripe_ledger.verify import parse_event
 from tests.support import SECRET, make_event
