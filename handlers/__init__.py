@@ -12,26 +12,13 @@ def send_receipt(run) -> None: ...
 
 The modules in `BUILTIN_MODULES` are imported at cold start, then the modules named in
 STRIPE_HANDLER_MODULES (comma-separated import paths), whose `@on` decorators register into
-the same `registry`.
+the same `registry` (the function's, `stripe_ledger.registry.registry`).
 """
 
-from stripe_ledger.registry import HandlerRegistry
+from stripe_ledger.config import BUILTIN_HANDLER_MODULES as BUILTIN_MODULES
+from stripe_ledger.registry import registry
 
 __all__ = ["BUILTIN_MODULES", "on", "registry", "task"]
 
-registry = HandlerRegistry()
 on = registry.on
 task = registry.task
-
-BUILTIN_MODULES: tuple[str, ...] = (
-    "handlers.customers",
-    "handlers.subscriptions",
-    "handlers.invoices",
-    "handlers.payment_intents",
-    "handlers.charges",
-    "handlers.refunds",
-    "handlers.disputes",
-    "handlers.checkout",
-    "handlers.catalog",
-)
-"""The built-in projections (see docs/projections.md): one module per Stripe object family."""

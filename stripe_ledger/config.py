@@ -14,7 +14,21 @@ from dataclasses import dataclass, field
 
 from stripe_ledger.errors import ConfigurationError
 
-__all__ = ["LEASE_PER_TIMEOUT", "MAX_BODY_BYTES", "Settings"]
+__all__ = ["BUILTIN_HANDLER_MODULES", "LEASE_PER_TIMEOUT", "MAX_BODY_BYTES", "Settings"]
+
+BUILTIN_HANDLER_MODULES: tuple[str, ...] = (
+    "handlers.customers",
+    "handlers.subscriptions",
+    "handlers.invoices",
+    "handlers.payment_intents",
+    "handlers.charges",
+    "handlers.refunds",
+    "handlers.disputes",
+    "handlers.checkout",
+    "handlers.catalog",
+)
+"""The built-in projections (see docs/projections.md), one module per Stripe object family,
+imported at cold start before the modules named in STRIPE_HANDLER_MODULES."""
 
 MAX_BODY_BYTES = 1024 * 1024
 """Bodies above this size are refused with 413 before they are read."""

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import flask
-from google.api_core import exceptions as gexc
 
 from stripe_ledger import logs
 from stripe_ledger.config import MAX_BODY_BYTES
@@ -61,6 +60,7 @@ _OUTCOME_STATUS: dict[Outcome, tuple[int, int]] = {
 }
 
 _CHUNK = 64 * 1024
+_MISCONFIGURED = "the function is misconfigured; its logs say how"
 
 
 def read_body(request: flask.Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -116,10 +116,7 @@ def handle_outbox(request: flask.Request, service: Callable[[], WebhookService])
         _require_post(request, "the scheduler")
         outbox = Outbox(runner.db, runner.settings, runner.registry, runner.ledger.clock)
         deadline = time.monotonic() + runner.settings.lease_seconds / 2
-        try:
-            results = outbox.run_due(limit=OUTBOX_RUN_LIMIT, deadline=deadline)
-        except (gexc.GoogleAPICallError, gexc.RetryError) as error:
-            raise LedgerUnavailable(f"Firestore unavailable: {type(error).__name__}") from error
+        results = outbox.run_due(limit=OUTBOX_RUN_LIMIT, deadline=deadline)
         counts = Counter(result.outcome for result in results)
         summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
         return _Answer(
@@ -189,7 +186,10 @@ def _error_answer(error: WebhookError, prefix: str) -> _Answer:
         "error": str(error),
     }
     message = f"{prefix}{type(error).__name__}: {error}"
-    return _Answer(status, level, {"error": str(error)}, message, fields, headers)
+    # A misconfiguration's details (module names, exception texts) are for the operator's
+    # log, never for whoever sent the request.
+    public = _MISCONFIGURED if isinstance(error, ConfigurationError) else str(error)
+    return _Answer(status, level, {"error": public}, message, fields, headers)
 
 
 def _delivery_answer(delivery: Delivery) -> _Answer:
@@ -203,7 +203,9 @@ def _delivery_answer(delivery: Delivery) -> _Answer:
         "attempt": delivery.attempt,
         "error": delivery.error,
     }
-    return _Answer(status, level, body, message, fields, headers)
+    # A handler's exception is logged with its traceback (the user's file and line).
+    unexpected = delivery.exception if isinstance(delivery.exception, Exception) else None
+    return _Answer(status, level, body, message, fields, headers, unexpected)
 
 
 def _describe(delivery: Delivery, headers: dict[str, str]) -> tuple[dict[str, Any], str]:

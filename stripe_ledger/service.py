@@ -15,16 +15,15 @@ from collections.abc import Callable, Mapping
 import google.auth.exceptions
 from google.cloud import firestore
 
-from stripe_ledger.config import Settings
-from stripe_ledger.errors import ConfigurationError, InvalidEvent, WebhookError
-from stripe_ledger.fetch import StripeFetcher, refetches
+from stripe_ledger.config import BUILTIN_HANDLER_MODULES, Settings
+from stripe_ledger.errors import ConfigurationError, InvalidEvent, LedgerUnavailable, WebhookError
+from stripe_ledger.fetch import StripeFetcher
 from stripe_ledger.firestore_client import create_client
 from stripe_ledger.ledger import Clock, EventLedger, utc_now
 from stripe_ledger.outcomes import Delivery
-from stripe_ledger.processing import process_event
-from stripe_ledger.registry import HandlerRegistry, import_handler_modules
-from stripe_ledger.thin import is_thin, process_thin, thin_event_from
-from stripe_ledger.verify import VerifiedEvent, event_from, load_json, verify_signature
+from stripe_ledger.pipeline import process_event
+from stripe_ledger.registry import HandlerRegistry, import_handler_modules, registry
+from stripe_ledger.verify import VerifiedEvent, is_thin, parse_event, verify_signature
 
 __all__ = ["LazyService", "WebhookService", "build_service"]
 
@@ -52,31 +51,40 @@ class WebhookService:
         signed = verify_signature(
             body, signature, settings.webhook_secrets, settings.tolerance_seconds
         )
-        data = load_json(signed.text)
-        received = (thin_event_from if is_thin(data) else event_from)(data, signed.text)
+        received = parse_event(signed.text)
         try:
-            return self._process(received, signed.text, signature, signed.secret)
+            if is_thin(received.data):
+                self._check_notification(signed.text, signature, signed.secret)
+            return self.process(received)
         except WebhookError as error:
             error.event_id, error.event_type = received.id, received.type
             raise
 
-    def _process(
-        self, received: VerifiedEvent, text: str, signature: str | None, secret: str
-    ) -> Delivery:
-        db, ledger, registry, fetcher = self.db, self.ledger, self.registry, self.fetcher
-        if is_thin(received.data):
-            if fetcher is not None:  # stripe's own parser checks and types the notification
-                try:
-                    fetcher.client.parse_event_notification(
-                        text, signature, secret, self.settings.tolerance_seconds
-                    )
-                except (KeyError, TypeError, ValueError) as error:
-                    raise InvalidEvent(
-                        f"thin event notification could not be read: {type(error).__name__}"
-                    ) from None
-            return process_thin(received, fetcher=fetcher, db=db, ledger=ledger, registry=registry)
-        prepare = fetcher.refetched if fetcher and refetches(self.settings, received) else None
-        return process_event(received, db=db, ledger=ledger, registry=registry, prepare=prepare)
+    def process(self, received: VerifiedEvent, **options: object) -> Delivery:
+        """Process a verified or trusted event through the pipeline, with this instance's
+        client, ledger, handlers and Stripe fetcher; `options` are the pipeline's `reclaim`
+        and `note`."""
+        return process_event(
+            received,
+            db=self.db,
+            ledger=self.ledger,
+            registry=self.registry,
+            fetcher=self.fetcher,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def _check_notification(self, text: str, signature: str | None, secret: str) -> None:
+        """Stripe's own parser checks and types a thin event notification (with a key)."""
+        if self.fetcher is None:
+            return
+        try:
+            self.fetcher.client.parse_event_notification(
+                text, signature, secret, self.settings.tolerance_seconds
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidEvent(
+                f"thin event notification could not be read: {type(error).__name__}"
+            ) from None
 
 
 def build_service(
@@ -87,37 +95,44 @@ def build_service(
     The function and the operations CLI share this wiring, so a replay runs the same handlers
     against the same ledger as a live delivery. The CLI passes `require_secret=False`: it
     never verifies a delivery (its service's `deliver` refuses every signature then).
+    Raises `ConfigurationError` for settings or handler modules that can never work, and
+    `LedgerUnavailable` when no credentials can be had right now (a later call may succeed).
     """
-    import handlers  # the project's handler package: its registry and built-in modules
-
     environ = os.environ if environ is None else environ
     settings = Settings.from_env(environ, require_secret=require_secret)
-    import_handler_modules(handlers.BUILTIN_MODULES + settings.handler_modules)
+    import_handler_modules(BUILTIN_HANDLER_MODULES + settings.handler_modules)
     try:
         db = create_client(settings, environ)
     except google.auth.exceptions.DefaultCredentialsError as error:
-        raise ConfigurationError(f"no Google Cloud credentials or project: {error}") from error
-    return WebhookService(settings, db, handlers.registry)
+        raise LedgerUnavailable(f"no Google Cloud credentials or project: {error}") from error
+    return WebhookService(settings, db, registry)
 
 
 class LazyService:
-    """Builds the service on first use, once per instance, and remembers a failure to build."""
+    """Builds the service on first use, once per instance.
+
+    A `ConfigurationError` (settings, handler modules) is remembered: every later call raises
+    it again without trying, since nothing changes until the instance is redeployed. Any
+    other failure (credentials not available yet, a network fault) is not: the next call
+    tries again, so an instance recovers once the cause is gone.
+    """
 
     def __init__(self, factory: Callable[[], WebhookService] = build_service) -> None:
         self._factory = factory
         self._lock = threading.Lock()
         self._service: WebhookService | None = None
-        self._failure: str | None = None
+        self._failure: ConfigurationError | None = None
 
     def __call__(self) -> WebhookService:
-        """The service; raises `ConfigurationError` on every call if building it failed."""
+        """The service; raises what building it raised (see the class)."""
         if self._service is None:
             with self._lock:
-                if self._service is None and self._failure is None:
+                if self._failure is not None:
+                    raise ConfigurationError(str(self._failure))
+                if self._service is None:
                     try:
                         self._service = self._factory()
                     except ConfigurationError as error:
-                        self._failure = str(error)
-        if self._service is None:
-            raise ConfigurationError(self._failure or "service unavailable")
+                        self._failure = error
+                        raise
         return self._service

@@ -253,10 +253,11 @@ class TestDeadTaskAlert:
         """Lines the outbox logs for a done, a failed and a dead run, as each function's
         Cloud Run service would store them: the dead-task metric counts the dead run in
         either service, and the dead-lettered *events* metric counts none of them."""
-        from stripe_ledger.outbox import TaskResult, _logged
+        from stripe_ledger.outbox import TaskResult
+        from stripe_ledger.outbox.tasks import logged
 
         for outcome in ("done", "failed", "dead"):
-            _logged(TaskResult("k", "send_receipt", "evt_1", "pending", outcome, attempt=1))
+            logged(TaskResult("k", "send_receipt", "evt_1", "pending", outcome, attempt=1))
         lines = [json.loads(line) for line in restore_logging.getvalue().splitlines()]
         assert [line["severity"] for line in lines] == ["INFO", "WARNING", "ERROR"]
         config = configuration()
