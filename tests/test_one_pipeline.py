@@ -7,8 +7,8 @@ with a gRPC interceptor), the `stripe-ledger` console script, Firestore reads an
 the documented records, and `tests.fake_stripe.FakeStripe` for Stripe's API. Handlers and
 faults carried by event objects: tests/pipeline_handlers.py.
 
-Tests marked xfail(strict) prove a bug of issue 14 on today's code; the marks go as each fix
-lands.
+Each test of an issue item failed on the code before the pipeline (dd5f597), for the reason
+the item describes; the suite-gap tests catch the mutations the issue lists.
 """
 
 from __future__ import annotations
@@ -160,9 +160,6 @@ def cli(project: str, fake: FakeStripe, *args: str, **env: str | None) -> CliRun
 
 
 class TestThinEventWithATwinMeetingAnOutage:
-    @pytest.mark.xfail(
-        strict=True, reason="issue 14 item 1: the thin record is left processing (409s, dead)"
-    )
     @pytest.mark.parametrize("outage", ["ServiceUnavailable", "Aborted"])
     def test_is_released_each_time_and_applied_once_after(
         self,
@@ -209,9 +206,6 @@ class TestThinEventWithATwinMeetingAnOutage:
 
 
 class TestFirestoreErrorsOnTheThinPath:
-    @pytest.mark.xfail(
-        strict=True, reason="issue 14 item 2: answered 500 internal error without Retry-After"
-    )
     @pytest.mark.parametrize("where", ["thin_claim", "twin_claim", "failure_record"])
     def test_are_answered_503_with_retry_after(
         self, project: str, fake: FakeStripe, faults: Faults, where: str
@@ -245,9 +239,6 @@ class TestFirestoreErrorsOnTheThinPath:
 
 
 class TestAClaimWhoseAnswerIsLost:
-    @pytest.mark.xfail(
-        strict=True, reason="issue 14 item 3: a lost create() answer leaves a live claim"
-    )
     def test_lost_create_answer_is_recognised(
         self, project: str, db: firestore.Client, fake: FakeStripe, faults: Faults
     ) -> None:
@@ -277,9 +268,6 @@ class TestAClaimWhoseAnswerIsLost:
         assert (stored["status"], stored["attempts"]) == ("completed", 1)
         assert effects(db, event["id"]) == 1
 
-    @pytest.mark.xfail(
-        strict=True, reason="issue 14 item 3: a lost takeover answer counts an attempt never run"
-    )
     def test_lost_takeover_answer_is_recognised(
         self, project: str, db: firestore.Client, fake: FakeStripe, faults: Faults, tmp_path: Path
     ) -> None:
@@ -323,9 +311,6 @@ class TestAClaimWhoseAnswerIsLost:
 
 
 class TestHandlersSharingADocument:
-    @pytest.mark.xfail(
-        strict=True, reason="issue 14 item 4: completed with one of the two writes lost"
-    )
     @pytest.mark.parametrize("event_type", ["test.rmw.declared", "test.rmw.undeclared"])
     def test_a_read_after_an_earlier_handlers_write_fails_the_event(
         self,
@@ -358,9 +343,6 @@ class TestHandlersSharingADocument:
 
 
 class TestReplayOfAThinEvent:
-    @pytest.mark.xfail(
-        strict=True, reason="issue 14 item 5: replay exits 1, stored payload has no data.object"
-    )
     @pytest.mark.parametrize("status", ["failed", "dead"])
     def test_fetches_like_a_live_delivery_and_completes(
         self,
@@ -395,9 +377,6 @@ class TestReplayOfAThinEvent:
 
 
 class TestOperatorToolsInRefetchMode:
-    @pytest.mark.xfail(
-        strict=True, reason="issue 14 item 6: replay projects the stored snapshot in refetch mode"
-    )
     def test_replay_projects_the_api_state(
         self, project: str, db: firestore.Client, fake: FakeStripe, faults: Faults
     ) -> None:
@@ -417,9 +396,6 @@ class TestOperatorToolsInRefetchMode:
         projected = db.collection("customers").document(obj["id"]).get()
         assert projected.get("email") == "api@example.com"
 
-    @pytest.mark.xfail(
-        strict=True, reason="issue 14 item 6: reconcile projects the listed snapshot in refetch"
-    )
     def test_reconcile_projects_the_api_state(
         self, project: str, db: firestore.Client, fake: FakeStripe
     ) -> None:
@@ -439,9 +415,6 @@ class TestOperatorToolsInRefetchMode:
 
 
 class TestReplayWithoutTheHandlerThatFailed:
-    @pytest.mark.xfail(
-        strict=True, reason="issue 14 item 7: replayed as completed without the failed handler"
-    )
     def test_is_refused_naming_the_missing_handler(
         self, project: str, db: firestore.Client, fake: FakeStripe, faults: Faults
     ) -> None:
@@ -535,9 +508,6 @@ class _MetadataServer:
 
 
 class TestColdStartWithoutCredentials:
-    @pytest.mark.xfail(
-        strict=True, reason="issue 14 item 8: a failure to get credentials is cached (500s)"
-    )
     def test_the_instance_recovers_once_credentials_can_be_obtained(
         self, project: str, tmp_path: Path
     ) -> None:
@@ -591,9 +561,6 @@ class TestColdStartWithoutCredentials:
 
 
 class TestErrorDetailsStayInTheLogs:
-    @pytest.mark.xfail(
-        strict=True, reason="issue 14 item 9: a configuration error's details are answered"
-    )
     def test_a_misconfiguration_is_answered_without_its_details(
         self, project: str, fake: FakeStripe, faults: Faults
     ) -> None:
@@ -616,9 +583,6 @@ class TestErrorDetailsStayInTheLogs:
         assert critical
         assert all("IMPORT-DETAIL-7f3a" in json.dumps(entry) for entry in critical)
 
-    @pytest.mark.xfail(
-        strict=True, reason="issue 14 item 9: no traceback of the handler in the ERROR line"
-    )
     def test_a_handlers_traceback_goes_to_the_error_line_only(
         self, project: str, db: firestore.Client, fake: FakeStripe, faults: Faults, tmp_path: Path
     ) -> None:
@@ -642,7 +606,7 @@ class TestErrorDetailsStayInTheLogs:
             for entry in function.log_entries()
             if entry.get("event_id") == event["id"] and entry["severity"] == "ERROR"
         ]
-        assert any(where in json.dumps(entry) for entry in errors), errors
+        assert any(where in entry.get("stack_trace", "") for entry in errors), errors
         last_error = record(db, event["id"])["last_error"]
         assert last_error.startswith("RuntimeError: injected handler fault"), last_error
         for text in (last_error, response.text):
