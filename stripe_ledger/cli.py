@@ -232,8 +232,8 @@ def _parser() -> argparse.ArgumentParser:
         "status and body; exit status 0 on 2xx, 1 otherwise. Writes nothing itself.",
         "examples:\n"
         "  make run   # in another terminal: the function on http://localhost:8080/\n"
-        "  stripe-ledger send tests/fixtures/stripe-events/payment_intent.succeeded.json \\\n"
-        "      --new-id",
+        "  stripe-ledger send \\\n"
+        "      tests/fixtures/stripe-events/sync-engine/payment_intent_succeeded.json --new-id",
     )
     send.add_argument("file", type=Path, metavar="FILE", help="the event JSON to send")
     send.add_argument("--url", help="where to POST (default http://localhost:8080/)")
