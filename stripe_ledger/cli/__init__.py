@@ -1087,8 +1087,3 @@ def _event_id(payload: str) -> str | None:
         value = json.loads(payload).get("id")
         return value if isinstance(value, str) else None
     return None
-
-
-# The console script calls main() and exits with its status; a no-op for `python -m`.
-if __name__ == "__main__":
-    sys.exit(main())
