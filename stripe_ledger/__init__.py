@@ -7,9 +7,9 @@ side effects (`outbox`), thin events and refetch mode (`thin`, `fetch`, over `st
 configuration (`config`), structured logging (`logs`), the Firestore client
 (`firestore_client`) and the HTTP adapter (`http`); `service` wires them together.
 
-The operator's tool, `stripe-ledger` (`cli`), adds `operations` (listings and stats), `replay`,
-`reconcile` and `webhook_sender`; `emulator` starts the Firestore emulator for tests, the
-benchmark and `make run`.
+The operator's tool, `stripe-ledger` (the `cli` package, one module per command group),
+adds `operations` (listings and stats), `replay`, `reconcile` and `webhook_sender`;
+`emulator` starts the Firestore emulator for tests, the benchmark and `make run`.
 """
 
 __all__: list[str] = []

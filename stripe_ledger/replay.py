@@ -4,9 +4,10 @@ A replay parses the record's stored payload (a trusted source: its signature was
 when it arrived, so it is not checked again), a snapshot event or a thin event notification,
 and hands it to the pipeline every live delivery takes (`WebhookService.process`: thin events
 fetched, refetch mode applied) with a wider `reclaim`: `failed` and `dead` records, and with
-`force` also `completed` and `ignored` ones, may be claimed again. Claiming is the same compare-and-set as for a live
-delivery, so a replay racing a live redelivery of the same event still applies it once: one
-of them holds the claim, the other sees it in flight or settled. A forced replay runs the
+`force` also `completed` and `ignored` ones, may be claimed again. Claiming is the same
+compare-and-set as for a live delivery, so a replay racing a live redelivery of the same
+event still applies it once: one of them holds the claim, the other sees it in flight or
+settled. A forced replay runs the
 handlers again in a new transaction; the claim counts it in the record's `replays` and
 `last_note` says who replayed it and when.
 

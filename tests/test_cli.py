@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from google.cloud import firestore
 from stripe_ledger import cli, logs
 from stripe_ledger.emulator import free_port
 from tests.cli_support import SteppingClock, record, run_cli, seed
-from tests.support import make_event
+from tests.support import ROOT, make_event
 
 pytestmark = pytest.mark.emulator
 
@@ -95,6 +96,18 @@ class TestHelp:
         out = capsys.readouterr().out
         assert out.startswith(f"usage: stripe-ledger {' '.join(command)}")
         assert explains in out
+
+    def test_the_send_example_names_a_fixture_that_exists(
+        self, capsys: pytest.CaptureFixture[str], restore_logging: None
+    ) -> None:
+        """The file in `send --help`'s example is a Stripe event in the repository, so the
+        example runs as printed."""
+        with pytest.raises(SystemExit):
+            cli.main(["send", "--help"])
+        [named] = re.findall(r"tests/fixtures/\S+\.json", capsys.readouterr().out)
+        path = ROOT / named
+        assert path.is_file(), f"send --help names {named}, which does not exist"
+        assert json.loads(path.read_text())["object"] == "event"
 
 
 class TestBadArguments:
