@@ -33,35 +33,12 @@ import flask
 import functions_framework
 import grpc
 
+from tests.support import InjectedRpcError
+
 __all__ = ["FaultInjector", "stripe_webhook"]
 
 _FAULTS = Path(os.environ["PIPELINE_FAULTS"])
 _LOG = Path(f"{_FAULTS}.log")
-
-
-class InjectedRpcError(grpc.RpcError):  # type: ignore[misc]
-    """What gRPC raises for a failed call, as `google.api_core` reads it (code, details)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self._code = code
-        self._details = details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-    def trailing_metadata(self) -> None:
-        return None
-
-    def initial_metadata(self) -> None:
-        return None
-
-    def result(self, timeout: float | None = None) -> None:
-        """gRPC's interceptor reads a failed call's outcome from what it raised."""
-        raise self
 
 
 def _documents(method: str, request: Any) -> list[str]:

@@ -139,6 +139,57 @@ class RpcCounter(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterce
         self.calls.clear()
 
 
+class InjectedRpcError(grpc.RpcError):  # type: ignore[misc]
+    """What gRPC raises for a failed call, as `google.api_core` reads it (code, details)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> None:
+        return None
+
+    def initial_metadata(self) -> None:
+        return None
+
+    def result(self, timeout: float | None = None) -> None:
+        """gRPC's interceptor reads a failed call's outcome from what it raised."""
+        raise self
+
+
+class LostAnswers(RpcCounter):
+    """Loses the answer of the first Commit that creates each document under `prefix`: the
+    write is applied, then the caller gets DEADLINE_EXCEEDED. `fired` lists those documents."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.fired: list[str] = []
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self._count(details)
+        created = [
+            write.update.name.split("/documents/", 1)[-1]
+            for write in getattr(request, "writes", ())
+            if "exists" in write.current_document and not write.current_document.exists
+        ]
+        target = next((n for n in created if n.startswith(self.prefix)), None)
+        if not str(details.method).endswith("/Commit") or target is None or target in self.fired:
+            return continuation(details, request)
+        sent = continuation(details, request)
+        if sent.exception() is not None:  # refused by Firestore: its own answer stands
+            return sent
+        self.fired.append(target)
+        return InjectedRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "injected: answer lost")
+
+
 def count_rpcs(db: firestore.Client, counter: RpcCounter | None = None) -> RpcCounter:
     """Route `db`'s RPCs through `counter` (a new `RpcCounter` by default), on a channel to the
     emulator like the client's own."""

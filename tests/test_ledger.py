@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from google.cloud import firestore
 from test_utils.orchestrate import orchestrate
+from test_utils.system import EmulatorCreds
 
 from stripe_ledger.config import Settings
 from stripe_ledger.context import HandlerContext
@@ -27,7 +28,7 @@ from stripe_ledger.pipeline import process_event
 from stripe_ledger.processing import process_claimed
 from stripe_ledger.registry import HandlerRegistry
 from stripe_ledger.verify import VerifiedEvent, parse_event
-from tests.support import SECRET, Clock, make_event
+from tests.support import SECRET, Clock, LostAnswers, count_rpcs, make_event
 
 pytestmark = pytest.mark.emulator
 
@@ -268,6 +269,8 @@ class TestInterleavings:
         clocks: tuple[Clock, Clock],
         redelivery_ages: tuple[int, int],
         fail: Callable[[HandlerContext], bool] = lambda ctx: False,
+        clients: tuple[firestore.Client, firestore.Client] | None = None,
+        **overrides: Any,
     ) -> list[tuple[str, list[Outcome | str]]]:
         registry = counting_registry(fail)
         base = event().data
@@ -276,8 +279,11 @@ class TestInterleavings:
 
         def delivery(position: int) -> Callable[[], None]:
             scenarios = itertools.count()
+            client = db if clients is None else clients[position]
             ledger = EventLedger(
-                db, settings(redelivery_age_seconds=redelivery_ages[position]), clocks[position]
+                client,
+                settings(redelivery_age_seconds=redelivery_ages[position], **overrides),
+                clocks[position],
             )
 
             def run() -> None:
@@ -285,7 +291,7 @@ class TestInterleavings:
                 ids[scenario] = f"{base['id']}x{scenario}"
                 received = parse_event(json.dumps(base | {"id": ids[scenario]}))
                 try:
-                    outcome: Outcome | str = deliver(db, ledger, registry, received).outcome
+                    outcome: Outcome | str = deliver(client, ledger, registry, received).outcome
                 except LedgerUnavailable:
                     outcome = "unavailable"
                 results.setdefault(scenario, []).append(outcome)
@@ -353,3 +359,57 @@ def test_a_slow_holder_cannot_commit_after_a_takeover(db: firestore.Client) -> N
     record = slow.ref(received.id).get().to_dict()
     assert record is not None
     assert (record["status"], record["attempts"]) == ("completed", 2)
+
+
+class TestLostAnswers:
+    """A claim whose write lands while its answer is lost (a timeout, a dropped connection)."""
+
+    def test_a_lost_create_answer_is_recognised_in_every_interleaving(
+        self, db: firestore.Client, project: str
+    ) -> None:
+        """The first delivery's create lands but answers DEADLINE_EXCEEDED; a duplicate
+        arrives meanwhile. Reading its record back, the first delivery finds its own lease
+        token and goes on holding the claim: in every interleaving the effect is applied
+        once, the record completes on attempt 1, and with STRIPE_MAX_ATTEMPTS=1 nothing is
+        ever dead-lettered for an attempt that never ran."""
+        lossy = firestore.Client(project=project, credentials=EmulatorCreds())
+        lost = LostAnswers("stripe_events/")
+        count_rpcs(lossy, lost)
+        scenarios = TestInterleavings()._run(
+            db,
+            (Clock(), Clock()),
+            redelivery_ages=(10**6, 10**6),
+            clients=(lossy, db),
+            max_attempts=1,
+        )
+        assert len(scenarios) > 10
+        assert lost.fired, "no answer was lost: the test proves nothing"
+        for event_id, outcomes in scenarios:
+            assert sorted(str(o) for o in outcomes) in (
+                ["Outcome.COMPLETED", "Outcome.DUPLICATE"],
+                ["Outcome.COMPLETED", "Outcome.IN_FLIGHT"],
+            ), (event_id, outcomes)
+            assert effects(db, event_id) == 1, event_id
+            record = EventLedger(db, settings()).ref(event_id).get().to_dict() or {}
+            assert (record["status"], record["attempts"]) == ("completed", 1), event_id
+
+
+class TestStaleHolder:
+    def test_a_stale_holder_cannot_complete_a_thin_event_without_handlers(
+        self, db: firestore.Client
+    ) -> None:
+        """`complete_without_handlers` is conditional on the claim, like `complete()`: a
+        holder whose lease was taken over writes nothing, and is told the event is in
+        flight."""
+        now = datetime.now(UTC)
+        slow = EventLedger(db, settings(), Clock(now))
+        late = EventLedger(db, settings(), Clock(now + timedelta(minutes=2)))
+        received = event()
+        stale = slow.claim(received, handled=True)
+        assert isinstance(stale, Claim)
+        fresh = late.claim(received, handled=True)
+        assert isinstance(fresh, Claim)
+        assert slow.complete_without_handlers(stale, "stale") is Outcome.IN_FLIGHT
+        record = slow.ref(received.id).get().to_dict() or {}
+        assert (record["status"], record["attempts"]) == ("processing", 2)
+        assert record.get("last_note") is None
