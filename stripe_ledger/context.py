@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from google.cloud import firestore
 
@@ -13,10 +13,17 @@ from stripe_ledger.ledger import Snapshot
 if TYPE_CHECKING:
     import stripe
 
-    from stripe_ledger.outbox import TaskBatch
     from stripe_ledger.verify import VerifiedEvent
 
-__all__ = ["HandlerContext", "ReadAfterWrite"]
+__all__ = ["HandlerContext", "ReadAfterWrite", "Tasks"]
+
+
+class Tasks(Protocol):
+    """Where `ctx.enqueue` puts a task: the outbox's batch for this transaction."""
+
+    def add(
+        self, task: str, payload: Mapping[str, Any] | None = None, *, key: str | None = None
+    ) -> str: ...
 
 
 class ReadAfterWrite(RuntimeError):
@@ -41,7 +48,7 @@ class HandlerContext:
         tx: firestore.Transaction,
         db: firestore.Client,
         attempt: int,
-        tasks: TaskBatch | None = None,
+        tasks: Tasks | None = None,
     ) -> None:
         self.received = received
         self.tx = tx

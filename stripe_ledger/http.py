@@ -95,8 +95,8 @@ def handle(request: flask.Request, service: Callable[[], WebhookService]) -> fla
     def deliver() -> _Answer:
         webhook = service()
         _require_post(request, "Stripe")
-        delivery = webhook.deliver(read_body(request), request.headers.get("Stripe-Signature"))
-        return _delivery_answer(delivery)
+        body, signature = read_body(request), request.headers.get("Stripe-Signature")
+        return _delivery_answer(webhook.deliver(body, signature))
 
     return _serve(request, deliver, what="handling a delivery")
 

@@ -19,7 +19,7 @@ from stripe_ledger.context import HandlerContext
 from stripe_ledger.errors import LedgerUnavailable
 from stripe_ledger.firestore_client import is_unavailable, translated
 from stripe_ledger.ledger import Claim, EventLedger
-from stripe_ledger.outbox import Outbox, run_enqueued
+from stripe_ledger.outbox import Outbox, TaskBatch, run_enqueued
 from stripe_ledger.outcomes import Delivery, Outcome
 
 if TYPE_CHECKING:
@@ -60,13 +60,12 @@ def process_claimed(
     registrations = registry.applicable(received)
     outbox = Outbox(db, ledger.settings, registry, ledger.clock)
     try:
-        committed = _run_transaction(  # pragma: SYNCPOINT ledger
+        enqueued = _run_transaction(  # pragma: SYNCPOINT ledger
             received, tuple(claims), db, ledger, registrations, outbox
         )
     except Exception as error:  # noqa: BLE001 - every failure is classified below
         return _after_failure(received, claims, ledger, error)
-    if committed.tasks is not None:
-        run_enqueued(outbox, committed.tasks)  # at least once, after the commit; never raises
+    run_enqueued(outbox, enqueued)  # at least once, after the commit; never raises
     return Delivery(Outcome.COMPLETED, received.id, received.type, attempt=claims[0].attempt)
 
 
@@ -77,8 +76,10 @@ def _run_transaction(
     ledger: EventLedger,
     registrations: tuple[Registration, ...],
     outbox: Outbox,
-) -> HandlerContext:
-    def apply(tx: firestore.Transaction) -> HandlerContext:
+) -> TaskBatch:
+    """The transaction; returns the batch of tasks it created."""
+
+    def apply(tx: firestore.Transaction) -> TaskBatch:
         tasks = outbox.batch(received, tx)
         ctx = HandlerContext(received, tx, db, claims[0].attempt, tasks)
         declared: list[firestore.DocumentReference] = []
@@ -98,10 +99,10 @@ def _run_transaction(
         tasks.write()  # the tasks the handlers enqueued, created in this transaction
         for claim in claims:
             ledger.complete(tx, claim)  # pragma: SYNCPOINT ledger
-        return ctx
+        return tasks
 
     with translated("the event's transaction"):
-        committed: HandlerContext = firestore.transactional(apply)(
+        committed: TaskBatch = firestore.transactional(apply)(
             db.transaction(max_attempts=_TRANSACTION_ATTEMPTS)
         )
     return committed

@@ -16,14 +16,20 @@ import google.auth.exceptions
 from google.cloud import firestore
 
 from stripe_ledger.config import BUILTIN_HANDLER_MODULES, Settings
-from stripe_ledger.errors import ConfigurationError, InvalidEvent, LedgerUnavailable, WebhookError
+from stripe_ledger.errors import ConfigurationError, LedgerUnavailable, WebhookError
 from stripe_ledger.fetch import StripeFetcher
 from stripe_ledger.firestore_client import create_client
 from stripe_ledger.ledger import Clock, EventLedger, utc_now
 from stripe_ledger.outcomes import Delivery
 from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import HandlerRegistry, import_handler_modules, registry
-from stripe_ledger.verify import VerifiedEvent, is_thin, parse_event, verify_signature
+from stripe_ledger.verify import (
+    VerifiedEvent,
+    check_notification,
+    is_thin,
+    parse_event,
+    verify_signature,
+)
 
 __all__ = ["LazyService", "WebhookService", "build_service"]
 
@@ -52,9 +58,9 @@ class WebhookService:
             body, signature, settings.webhook_secrets, settings.tolerance_seconds
         )
         received = parse_event(signed.text)
+        if is_thin(received.data) and self.fetcher is not None:
+            check_notification(self.fetcher.client, signed, signature, settings.tolerance_seconds)
         try:
-            if is_thin(received.data):
-                self._check_notification(signed.text, signature, signed.secret)
             return self.process(received)
         except WebhookError as error:
             error.event_id, error.event_type = received.id, received.type
@@ -72,19 +78,6 @@ class WebhookService:
             fetcher=self.fetcher,
             **options,  # type: ignore[arg-type]
         )
-
-    def _check_notification(self, text: str, signature: str | None, secret: str) -> None:
-        """Stripe's own parser checks and types a thin event notification (with a key)."""
-        if self.fetcher is None:
-            return
-        try:
-            self.fetcher.client.parse_event_notification(
-                text, signature, secret, self.settings.tolerance_seconds
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise InvalidEvent(
-                f"thin event notification could not be read: {type(error).__name__}"
-            ) from None
 
 
 def build_service(

@@ -25,6 +25,7 @@ __all__ = [
     "Signed",
     "VerifiedEvent",
     "check_event_id",
+    "check_notification",
     "event_from",
     "is_thin",
     "load_json",
@@ -222,6 +223,19 @@ def thin_event_from(data: dict[str, Any], payload: str) -> VerifiedEvent:
         "related_object": related,
     }
     return VerifiedEvent(data=record, payload=payload)
+
+
+def check_notification(
+    client: stripe.StripeClient, signed: Signed, header: str | None, tolerance: int
+) -> None:
+    """Have Stripe's own parser check and type a verified thin event notification; raise
+    `InvalidEvent` if it cannot read it."""
+    try:
+        client.parse_event_notification(signed.text, header or "", signed.secret, tolerance)
+    except (KeyError, TypeError, ValueError) as error:
+        raise InvalidEvent(
+            f"thin event notification could not be read: {type(error).__name__}"
+        ) from None
 
 
 def parse_event(payload: str) -> VerifiedEvent:
