@@ -67,6 +67,12 @@ class Settings:
     refetch: bool = False
     refetch_exclude: tuple[str, ...] = ()
 
+    @property
+    def read_back_seconds(self) -> float:
+        """How long reading back a write whose answer was lost may take (see
+        `stripe_ledger.lease`): a quarter of a Firestore call's bound, at least half a second."""
+        return max(0.5, self.firestore_timeout_seconds / 4)
+
     def minimum_lease(self) -> int:
         """The longest a claimed delivery can run: its bounded Firestore calls, and its calls
         to Stripe's API when a key is configured (thin events, refetch mode)."""

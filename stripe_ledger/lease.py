@@ -95,10 +95,13 @@ class Written:
     current: Snapshot | None = None
 
 
-def create(ref: firestore.DocumentReference, document: dict[str, Any]) -> Written:
+def create(
+    ref: firestore.DocumentReference, document: dict[str, Any], *, read_back: float
+) -> Written:
     """Create `ref` with `document`, unless it exists (someone else's: `current` holds it).
 
-    Raises `LedgerUnavailable` when Firestore is unavailable and the create did not land.
+    Raises `LedgerUnavailable` when Firestore is unavailable and the create did not land (or
+    could not be read back within `read_back` seconds).
     """
     token = uuid.uuid4().hex
     document = {**document, TOKEN_FIELD: token}
@@ -107,9 +110,9 @@ def create(ref: firestore.DocumentReference, document: dict[str, Any]) -> Writte
             result = ref.create(document)  # pragma: SYNCPOINT ledger
     except gexc.AlreadyExists:
         # Also what a retry of our own create answers when the first attempt had landed.
-        return _read_back(ref, token, before=None, answered=True)
+        return _read_back(ref, token, read_back, before=None, answered=True)
     except LedgerUnavailable:
-        return _read_back(ref, token, before=None, answered=False)
+        return _read_back(ref, token, read_back, before=None, answered=False)
     return Written(result.update_time)
 
 
@@ -118,11 +121,14 @@ def compare_and_set(
     ref: firestore.DocumentReference,
     update_time: datetime,
     fields: dict[str, Any],
+    *,
+    read_back: float,
 ) -> Written:
     """Update `ref` with `fields` unless it changed since `update_time` (then `current` holds
     it as it is now, another claimant's).
 
-    Raises `LedgerUnavailable` when Firestore is unavailable and the write did not land.
+    Raises `LedgerUnavailable` when Firestore is unavailable and the write did not land (or
+    could not be read back within `read_back` seconds).
     """
     token = uuid.uuid4().hex
     fields = {**fields, TOKEN_FIELD: token}
@@ -131,25 +137,32 @@ def compare_and_set(
         with translated("compare-and-set"):
             result = ref.update(fields, option=option)  # pragma: SYNCPOINT ledger
     except gexc.FailedPrecondition:
-        return _read_back(ref, token, before=update_time, answered=True)
+        return _read_back(ref, token, read_back, before=update_time, answered=True)
     except LedgerUnavailable:
-        return _read_back(ref, token, before=update_time, answered=False)
+        return _read_back(ref, token, read_back, before=update_time, answered=False)
     return Written(result.update_time)
 
 
 def _read_back(
-    ref: firestore.DocumentReference, token: str, *, before: datetime | None, answered: bool
+    ref: firestore.DocumentReference,
+    token: str,
+    seconds: float,
+    *,
+    before: datetime | None,
+    answered: bool,
 ) -> Written:
     """After a refused or unanswered write carrying `token`: read the document back.
 
     Our token there: the write landed (what was refused was the client's retry of it). Else,
     a refusal (`answered`) means another claimant changed the document; no answer, with the
     document as it was before (missing, or still at `before`), means the write did not land
-    and Firestore is unavailable; a document changed since is someone else's.
+    and Firestore is unavailable; a document changed since is someone else's. The read is
+    bounded by `seconds`, a fraction of a call's bound: when Firestore is cut off it fails
+    too, and a delivery's answer must stay within its documented bound.
     """
     try:
         with translated("read back an unanswered write"):
-            snapshot: Snapshot = ref.get()  # pragma: SYNCPOINT ledger
+            snapshot: Snapshot = ref.get(retry=None, timeout=seconds)  # pragma: SYNCPOINT ledger
     except LedgerUnavailable:
         if answered:
             return Written(None)

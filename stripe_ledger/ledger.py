@@ -130,7 +130,7 @@ class EventLedger:
             record = self._new_record(received, handled, now)
             if note:
                 record["last_note"] = note
-            written = lease.create(ref, record)
+            written = lease.create(ref, record, read_back=self.settings.read_back_seconds)
             if written.update_time is not None:
                 if not handled:
                     return Settled(Outcome.IGNORED, status=Status.IGNORED)
@@ -198,15 +198,23 @@ class EventLedger:
         """Update the record unless it changed since `snapshot`; its new update time, or None."""
         assert snapshot.update_time is not None
         return lease.compare_and_set(
-            self.db, snapshot.reference, snapshot.update_time, fields
+            self.db,
+            snapshot.reference,
+            snapshot.update_time,
+            fields,
+            read_back=self.settings.read_back_seconds,
         ).update_time
 
     def _update_claimed(self, claim: Claim, fields: dict[str, Any]) -> bool:
         """Update the claimed record unless another delivery took it over; whether it did."""
-        ref = self.ref(claim.event_id)
-        return (
-            lease.compare_and_set(self.db, ref, claim.update_time, fields).update_time is not None
+        written = lease.compare_and_set(
+            self.db,
+            self.ref(claim.event_id),
+            claim.update_time,
+            fields,
+            read_back=self.settings.read_back_seconds,
         )
+        return written.update_time is not None
 
     def complete(self, tx: firestore.Transaction, claim: Claim) -> None:
         """Mark the claimed event `completed` as part of `tx` (the handlers' transaction).

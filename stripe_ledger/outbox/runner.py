@@ -235,7 +235,9 @@ class Outbox:
     ) -> datetime | None:
         """Update the task unless it changed since `update_time`; its new update time, or
         None when it had changed. Raises `LedgerUnavailable`."""
-        return lease.compare_and_set(self.db, ref, update_time, fields).update_time
+        return lease.compare_and_set(
+            self.db, ref, update_time, fields, read_back=self.settings.read_back_seconds
+        ).update_time
 
     # --- due tasks ------------------------------------------------------------------------
 
