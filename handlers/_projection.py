@@ -121,6 +121,10 @@ class Projection:
     """Event types that delete the object. A projection with any also keeps a `deleted`
     field, true after such an event or for an object that says `deleted: true`."""
 
+    def applies_to(self, received: VerifiedEvent) -> bool:
+        """Whether `received`'s object can be projected (it has a usable ID)."""
+        return has_projectable_id(received)
+
     def ref(self, ctx: HandlerContext) -> firestore.DocumentReference:
         """The document of the event's object."""
         object_id = ctx.received.object_id
@@ -188,4 +192,4 @@ def register_projection(projection: Projection, *event_types: str) -> None:
         projection.apply(ctx)
 
     project.__qualname__ = f"project_{projection.collection}"
-    on(*event_types, reads=reads, when=has_projectable_id)(project)
+    on(*event_types, reads=reads, when=projection.applies_to)(project)

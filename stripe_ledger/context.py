@@ -49,13 +49,17 @@ class HandlerContext:
         db: firestore.Client,
         attempt: int,
         tasks: Tasks | None = None,
+        *,
+        snapshots: dict[str, Snapshot] | None = None,
     ) -> None:
         self.received = received
         self.tx = tx
         self.db = db
         self.attempt = attempt
         self.tasks = tasks
-        self._snapshots: dict[str, Snapshot] = {}
+        # Documents read in this transaction; several contexts may share one (a backfill's
+        # page is read in one batch).
+        self._snapshots: dict[str, Snapshot] = {} if snapshots is None else snapshots
 
     @property
     def event(self) -> stripe.Event:

@@ -72,15 +72,25 @@ class StripeFetcher:
         return time.monotonic() + self.budget_seconds
 
     def get(
-        self, path: str, *, deadline: float, context: str | None = None
+        self,
+        path: str,
+        *,
+        deadline: float,
+        context: str | None = None,
+        account: str | None = None,
+        params: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """`GET path` as a dict, or None when Stripe answers 404. Raises `StripeUnavailable`
-        (and `ConfigurationError` for a refused key)."""
+        """`GET path` (with query `params`) as a dict, or None when Stripe answers 404; sent
+        in the `context` (`Stripe-Context`, as thin events name it) or for the connected
+        `account` (`Stripe-Account`) if given. Raises `StripeUnavailable` (and
+        `ConfigurationError` for a refused key)."""
 
         def send() -> dict[str, Any] | None:
             options: dict[str, Any] = {"stripe_context": context} if context else {}
+            if account:
+                options["stripe_account"] = account
             try:
-                response = self.client.raw_request("get", path, **options)
+                response = self.client.raw_request("get", path, **(params or {}), **options)
             except stripe.InvalidRequestError as error:
                 if error.http_status == 404:
                     return None

@@ -7,6 +7,10 @@ Built in: `GET /v1/events`, newest first, paged like Stripe (`limit`, `starting_
 `has_more`), filtered by `created[gte|gt|lte|lt]`, `type` and `delivery_success`
 (`add_event(event, delivered=False)` marks whether its delivery succeeded).
 
+`serve_lists()` lists `objects` by collection (`GET /v1/customers`, `/v1/checkout/sessions`,
+...), newest first, paged the same way; subscriptions only with `status=all` include
+canceled ones, as Stripe's do.
+
 More routes: `route(method, pattern)` registers a handler for a path regex; it receives the
 `Request` and the match and returns a `Response`. For example, object retrieval:
 
@@ -96,6 +100,8 @@ class FakeStripe:
         self.v2_events: dict[str, dict[str, Any]] = {}
         """Event ID -> v2 event (thin events in full), served by `serve_objects()`."""
         self.requests: list[Request] = []
+        self.on_request: Callable[[Request], None] | None = None
+        """Called with each request before it is answered (a test's hook into a run)."""
         self._routes: list[tuple[str, re.Pattern[str], Route]] = []
         self._failures: list[_Failure] = []
         self._lock = threading.Lock()
@@ -138,6 +144,22 @@ class FakeStripe:
             with self._lock:
                 found = self.objects.get((match["objects"], match["id"]))
             return Response(200, found) if found else not_found(match["id"])
+
+        return self
+
+    def serve_lists(self) -> FakeStripe:
+        """Serve the list endpoints of `objects` (see the module); call before
+        `serve_objects`, whose routes would otherwise take `/v1/checkout/sessions`."""
+
+        @self.route("GET", rf"/v1/(?P<objects>{'|'.join(_LISTS)})")
+        def listed(request: Request, match: re.Match[str]) -> Response:
+            collection = match["objects"]
+            with self._lock:
+                found = [obj for (kind, _), obj in self.objects.items() if kind == collection]
+            if collection == "subscriptions" and request.query.get("status") != "all":
+                found = [obj for obj in found if obj.get("status") != "canceled"]
+            found.sort(key=lambda obj: (int(obj.get("created") or 0), str(obj["id"])), reverse=True)
+            return self._page(request, found, f"/v1/{collection}")
 
         return self
 
@@ -213,6 +235,9 @@ class FakeStripe:
         )
         with self._lock:
             self.requests.append(request)
+        hook = self.on_request
+        if hook is not None:
+            hook(request)
         response = self._answer(request)
         body = json.dumps(response.body).encode()
         http.send_response(response.status)
@@ -242,46 +267,62 @@ class FakeStripe:
 
     def _list_events(self, request: Request, match: re.Match[str]) -> Response:
         query = request.query
-        try:
-            limit = int(query.get("limit", "10"))
-        except ValueError:
-            return stripe_error(400, "Invalid integer: limit", param="limit")
-        if not 1 <= limit <= 100:
-            return stripe_error(400, "limit must be between 1 and 100", param="limit")
         with self._lock:
             ordered = sorted(
                 enumerate(self.events), key=lambda item: (item[1]["created"], item[0]), reverse=True
             )
             delivered = set(self.delivered)
         events = [event for _, event in ordered if _selected(event, query, delivered)]
+        return self._page(request, events, "/v1/events")
+
+    def _page(self, request: Request, items: list[dict[str, Any]], url: str) -> Response:
+        """The page of `items` (already filtered and ordered) that `limit`, `starting_after`
+        and `created[...]` select."""
+        query = request.query
+        try:
+            limit = int(query.get("limit", "10"))
+        except ValueError:
+            return stripe_error(400, "Invalid integer: limit", param="limit")
+        if not 1 <= limit <= 100:
+            return stripe_error(400, "limit must be between 1 and 100", param="limit")
+        items = [item for item in items if _created_within(item, query)]
         if "starting_after" in query:
-            ids = [event["id"] for event in events]
+            ids = [item["id"] for item in items]
             if query["starting_after"] not in ids:
-                return stripe_error(400, f"No such event: '{query['starting_after']}'")
-            events = events[ids.index(query["starting_after"]) + 1 :]
+                return stripe_error(400, f"No such object: '{query['starting_after']}'")
+            items = items[ids.index(query["starting_after"]) + 1 :]
         size = min(limit, self.page_size_cap)
-        return Response(
-            200,
-            {
-                "object": "list",
-                "url": "/v1/events",
-                "has_more": len(events) > size,
-                "data": events[:size],
-            },
-        )
+        body = {"object": "list", "url": url, "has_more": len(items) > size, "data": items[:size]}
+        return Response(200, body)
 
 
-def _selected(event: Mapping[str, Any], query: Mapping[str, str], delivered: set[str]) -> bool:
-    created = int(event["created"])
+_LISTS = (
+    "products",
+    "prices",
+    "customers",
+    "subscriptions",
+    "invoices",
+    "invoice_payments",
+    "payment_intents",
+    "charges",
+    "refunds",
+    "disputes",
+    "checkout/sessions",
+)
+
+
+def _created_within(item: Mapping[str, Any], query: Mapping[str, str]) -> bool:
+    created = int(item.get("created") or 0)
     bounds = {
         "created[gte]": lambda bound: created >= bound,
         "created[gt]": lambda bound: created > bound,
         "created[lte]": lambda bound: created <= bound,
         "created[lt]": lambda bound: created < bound,
     }
-    for name, holds in bounds.items():
-        if name in query and not holds(int(query[name])):
-            return False
+    return all(holds(int(query[name])) for name, holds in bounds.items() if name in query)
+
+
+def _selected(event: Mapping[str, Any], query: Mapping[str, str], delivered: set[str]) -> bool:
     if "type" in query and event["type"] != query["type"]:
         return False
     if "delivery_success" in query:

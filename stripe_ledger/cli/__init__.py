@@ -1,13 +1,13 @@
-"""`stripe-ledger`: see, replay and reconcile the ledger's events from one command.
+"""`stripe-ledger`: see, replay, reconcile and backfill the ledger's events from one command.
 
 `main` assembles the parser from the command groups, one module each (`events`, `replay`,
-`reconcile`, `send`, `stats`, `outbox`) holding its flags next to its body, runs the command
-chosen and maps how it ended to the exit status: 0 ok, 1 some events failed (or the operation
-could not be carried out), 2 usage or configuration error. The groups share `arguments`
-(common flags), `wiring` (the function's own settings, Firestore client and handlers) and
-`render` (tables or `--json` on stdout; on stderr one JSON log line per event processed and
-per problem, and a progress bar when stderr is a terminal); no group imports another. Heavy
-modules are imported when a command runs, so `--help` answers at once.
+`reconcile`, `backfill`, `send`, `stats`, `outbox`) holding its flags next to its body, runs
+the command chosen and maps how it ended to the exit status: 0 ok, 1 some events failed (or
+the operation could not be carried out), 2 usage or configuration error. The groups share
+`arguments` (common flags), `wiring` (the function's own settings, Firestore client and
+handlers) and `render` (tables or `--json` on stdout; on stderr one JSON log line per event
+processed and per problem, and a progress bar when stderr is a terminal); no group imports
+another. Heavy modules are imported when a command runs, so `--help` answers at once.
 """
 
 from __future__ import annotations
@@ -18,7 +18,17 @@ import os
 from collections.abc import Sequence
 from typing import NoReturn
 
-from stripe_ledger.cli import events, outbox, reconcile, render, replay, send, stats, wiring
+from stripe_ledger.cli import (
+    backfill,
+    events,
+    outbox,
+    reconcile,
+    render,
+    replay,
+    send,
+    stats,
+    wiring,
+)
 from stripe_ledger.cli.render import EXIT_FAILED, EXIT_USAGE
 from stripe_ledger.errors import ConfigurationError
 from stripe_ledger.operation_errors import OperationFailed, UsageError
@@ -26,7 +36,15 @@ from stripe_ledger.operation_errors import OperationFailed, UsageError
 __all__ = ["main"]
 
 PROG = "stripe-ledger"
-_GROUPS = (events, replay, reconcile, send, stats, outbox)  # in the order --help lists them
+_GROUPS = (
+    events,
+    replay,
+    reconcile,
+    backfill,
+    send,
+    stats,
+    outbox,
+)  # in the order --help lists them
 
 
 def main(argv: Sequence[str] | None = None) -> int:

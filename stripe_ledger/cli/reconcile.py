@@ -62,23 +62,12 @@ def _reconcile(args: argparse.Namespace) -> int:
     from stripe_ledger.ledger import utc_now
     from stripe_ledger.operations import parse_since
     from stripe_ledger.reconcile import ReconcileResult, check_window, reconcile
-    from stripe_ledger.stripe_api import ApiRetry, StripeApi
+    from stripe_ledger.stripe_api import StripeApi
 
     since = parse_since(args.since)  # --since has a default
     check_window(since, utc_now())
     client = wiring.stripe_client()
     service = wiring.service()
-
-    def retried(retry: ApiRetry) -> None:
-        logs.log(
-            logging.WARNING,
-            f"Stripe API: {retry.request}: {retry.error}; retry {retry.retry} of "
-            f"{retry.max_retries} in {retry.delay_seconds:.2f} s",
-            command="reconcile",
-            http_status=retry.http_status,
-            retry=retry.retry,
-            delay_s=retry.delay_seconds,
-        )
 
     def report(result: ReconcileResult) -> None:
         if result.outcome is not None:
@@ -94,7 +83,7 @@ def _reconcile(args: argparse.Namespace) -> int:
                 status="dead",
             )
 
-    api = StripeApi(client, max_retries=args.max_retries, on_retry=retried)
+    api = StripeApi(client, max_retries=args.max_retries, on_retry=wiring.log_retry("reconcile"))
     with render.progress_bars() as bars:
         checking = "Processing" if not args.dry_run else "Checking"
         outcome = reconcile(

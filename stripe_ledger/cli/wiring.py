@@ -9,21 +9,35 @@ to report an emulator that is not there.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from stripe_ledger import logs
 from stripe_ledger.cli.render import EXIT_FAILED, EXIT_USAGE
 from stripe_ledger.errors import ConfigurationError, LedgerUnavailable
 
 if TYPE_CHECKING:
     from stripe import StripeClient
 
+    from stripe_ledger.fetch import StripeFetcher
     from stripe_ledger.outbox import Outbox
     from stripe_ledger.service import WebhookService
+    from stripe_ledger.stripe_api import ApiRetry
 
-__all__ = ["describe_unexpected", "outbox", "service", "stripe_client"]
+__all__ = [
+    "describe_unexpected",
+    "log_retry",
+    "outbox",
+    "service",
+    "stripe_client",
+    "stripe_fetcher",
+]
+
+_FETCH_BUDGET_SECONDS = 120.0
 
 _EMULATOR_PROBE_SECONDS = 1.0
 
@@ -61,11 +75,39 @@ def outbox(service: WebhookService) -> Outbox:
     return Outbox(service.db, service.settings, service.registry, service.ledger.clock)
 
 
+def log_retry(command: str) -> Callable[[ApiRetry], None]:
+    """A `StripeApi.on_retry` that logs each retry as one WARNING line of `command`."""
+
+    def retried(retry: ApiRetry) -> None:
+        logs.log(
+            logging.WARNING,
+            f"Stripe API: {retry.request}: {retry.error}; retry {retry.retry} of "
+            f"{retry.max_retries} in {retry.delay_seconds:.2f} s",
+            command=command,
+            http_status=retry.http_status,
+            retry=retry.retry,
+            delay_s=retry.delay_seconds,
+        )
+
+    return retried
+
+
 def stripe_client() -> StripeClient:
     """Stripe's client from STRIPE_API_KEY (and STRIPE_API_BASE)."""
     from stripe_ledger.stripe_api import client_from_env
 
     return client_from_env(os.environ)
+
+
+def stripe_fetcher(command: str, max_retries: int) -> StripeFetcher:
+    """The function's kind of fetcher for a long operation: each page's calls, retries
+    included, within two minutes, every retry logged."""
+    from stripe_ledger.fetch import StripeFetcher
+    from stripe_ledger.stripe_api import StripeApi
+
+    client = stripe_client()
+    api = StripeApi(client, max_retries=max_retries, on_retry=log_retry(command))
+    return StripeFetcher(client, _FETCH_BUDGET_SECONDS, api=api)
 
 
 def _probe_emulator(host: str) -> None:
