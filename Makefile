@@ -8,7 +8,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 EMULATOR_PORT ?= 8086
 PORT ?= 8080
 
-.PHONY: install run test lint requirements bench clean
+.PHONY: install run bundle test lint requirements bench clean
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ lint: $(STAMP)
 ## The whole suite: lint, types, and every test (the harness starts the emulator itself).
 test: install lint
 	$(BIN)/pytest
+
+## Write dist/function-source.zip, what Terraform deploys: the function, the core, the built-in
+## handlers, your handler packages (terraform.tfvars's handler_modules, or HANDLER_MODULES=...)
+## and requirements.txt with requirements-handlers.in, every package pinned with its hashes.
+bundle: $(STAMP)
+	$(BIN)/python -m stripe_ledger.bundle $(if $(HANDLER_MODULES),--handler-modules "$(HANDLER_MODULES)")
 
 ## Re-pin requirements.txt (what Cloud Functions installs) from pyproject.toml.
 requirements: $(STAMP)
