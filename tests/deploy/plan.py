@@ -19,7 +19,7 @@ from typing import Any
 
 from tests.deploy.terraform import TERRAFORM
 
-__all__ = ["Plan", "block_text", "plan_lifecycle"]
+__all__ = ["Plan", "block_text", "evaluate", "plan_lifecycle"]
 
 
 def block_text(text: str, header: str, start: int = 0) -> str:
@@ -100,3 +100,32 @@ def plan_lifecycle(
         check=False,
     )
     return Plan(result.returncode, result.stdout + result.stderr)
+
+
+def evaluate(workdir: Path, expressions: dict[str, str]) -> dict[str, Any]:
+    """The values Terraform gives `expressions` (name -> HCL expression), by applying a
+    configuration of outputs only (no provider, local state in `workdir`)."""
+    binary = shutil.which("terraform")
+    if binary is None:
+        raise RuntimeError("terraform is not on PATH: install Terraform >= 1.9")
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "main.tf").write_text(
+        "".join(f'output "{name}" {{\n  value = {text}\n}}\n' for name, text in expressions.items())
+    )
+    config_file = workdir / "terraformrc"
+    config_file.write_text("")
+    env = {"PATH": "/usr/bin:/bin", "TF_CLI_CONFIG_FILE": str(config_file), "HOME": str(workdir)}
+    for command in (["apply", "-auto-approve", "-input=false", "-no-color"], ["output", "-json"]):
+        result = subprocess.run(
+            [binary, *command],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise AssertionError(result.stdout + result.stderr)
+    outputs: dict[str, Any] = json.loads(result.stdout)
+    return {name: output["value"] for name, output in outputs.items()}
