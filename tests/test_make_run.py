@@ -92,6 +92,25 @@ class MakeRun:
         return self.process.wait(timeout)
 
 
+def deliver(event: dict[str, object], secret: str) -> dict[str, object]:
+    """POST a signed event and retry on 409 and 503 as Stripe does (the first delivery to a
+    cold function on a busy machine can outlast the Firestore timeout); the final answer."""
+    payload = json.dumps(event)
+    deadline = time.monotonic() + 120
+    while True:
+        response = requests.post(
+            f"http://127.0.0.1:{PORT}/",
+            data=payload,
+            headers={"Stripe-Signature": sign(payload, secret)},
+            timeout=60,
+        )
+        if response.status_code not in (409, 503) or time.monotonic() > deadline:
+            assert response.status_code == 200, response.text
+            answer: dict[str, object] = response.json()
+            return answer
+        time.sleep(2)
+
+
 def accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -165,14 +184,8 @@ class TestStopsEverythingOnAnySignal:
         ready = run.wait_for(READY.pattern)
         assert ready.groups() == (str(PORT), str(EMULATOR_PORT), "the development one")
         assert sum(bool(READY.match(line)) for line in run.lines) == 1
-        payload = json.dumps(make_event("nobody.handles.this"))
-        response = requests.post(
-            f"http://127.0.0.1:{PORT}/",
-            data=payload,
-            headers={"Stripe-Signature": sign(payload, DEVELOPMENT_SECRET)},
-            timeout=30,
-        )
-        assert response.json()["status"] == "ignored"
+        answer = deliver(make_event("nobody.handles.this"), DEVELOPMENT_SECRET)
+        assert answer["status"] == "ignored"
         run.signal(signum, group)
         run.wait(60)
         assert_nothing_left()
@@ -194,14 +207,8 @@ class TestOutboxRunsInTheBackground:
         ready = run.wait_for(READY.pattern)
         assert ready[3] == "from STRIPE_WEBHOOK_SECRET"
         tasks = [{"key": "make-run-1", "payload": {"fail_runs": 1}}]
-        payload = json.dumps(make_event("test.outbox", {"id": "obj_run1", "tasks": tasks}))
-        response = requests.post(
-            f"http://127.0.0.1:{PORT}/",
-            data=payload,
-            headers={"Stripe-Signature": sign(payload, secret)},
-            timeout=30,
-        )
-        assert response.json()["status"] == "completed"
+        answer = deliver(make_event("test.outbox", {"id": "obj_run1", "tasks": tasks}), secret)
+        assert answer["status"] == "completed"
         run.wait_for(r'"task_status": "failed"', timeout=30)
         run.wait_for(r'"task_status": "done"', timeout=120)  # after the 30 s backoff
         run.signal(signal.SIGINT)
