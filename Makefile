@@ -7,8 +7,10 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 EMULATOR_PORT ?= 8086
 PORT ?= 8080
+HOST ?= 127.0.0.1
+OUTBOX_INTERVAL ?= 10
 
-.PHONY: install run test lint requirements bench clean
+.PHONY: install run bundle test lint requirements bench clean
 
 $(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +27,12 @@ $(CHECKOV_STAMP):
 
 install: $(STAMP) $(CHECKOV_STAMP)
 
-## Serve the function on http://localhost:$(PORT)/ against its own Firestore emulator.
+## Serve the function on http://$(HOST):$(PORT)/ against its own Firestore emulator on
+## 127.0.0.1:$(EMULATOR_PORT), running due outbox tasks every OUTBOX_INTERVAL seconds; Ctrl-C
+## stops all of it. STRIPE_WEBHOOK_SECRET unset: the development secret. See the README.
 run: $(STAMP)
-	STRIPE_WEBHOOK_SECRET=$${STRIPE_WEBHOOK_SECRET:-whsec_local_development_only} \
-	$(BIN)/python -m stripe_ledger.emulator --port $(EMULATOR_PORT) -- \
-		$(BIN)/functions-framework --target=stripe_webhook --port=$(PORT)
+	@HOST=$(HOST) PORT=$(PORT) EMULATOR_PORT=$(EMULATOR_PORT) OUTBOX_INTERVAL=$(OUTBOX_INTERVAL) \
+		exec $(BIN)/python -m stripe_ledger.devserver
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -39,6 +42,12 @@ lint: $(STAMP)
 ## The whole suite: lint, types, and every test (the harness starts the emulator itself).
 test: install lint
 	$(BIN)/pytest
+
+## Write dist/function-source.zip, what Terraform deploys: the function, the core, the built-in
+## handlers, your handler packages (terraform.tfvars's handler_modules, or HANDLER_MODULES=...)
+## and requirements.txt with requirements-handlers.in, every package pinned with its hashes.
+bundle: $(STAMP)
+	$(BIN)/python -m stripe_ledger.bundle $(if $(HANDLER_MODULES),--handler-modules "$(HANDLER_MODULES)")
 
 ## Re-pin requirements.txt (what Cloud Functions installs) from pyproject.toml.
 requirements: $(STAMP)

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Emulator", "EmulatorError", "free_port", "main"]
+__all__ = ["Emulator", "EmulatorError", "free_port", "main", "stop_group"]
 
 
 class EmulatorError(RuntimeError):
@@ -54,7 +54,21 @@ class Emulator:
         self._log = tempfile.NamedTemporaryFile(prefix="firestore-emulator-", suffix=".log")  # noqa: SIM115
 
     def start(self, timeout: float = 90.0) -> str:
-        """Start the emulator and wait until it answers; return its `host:port`."""
+        """Start the emulator and wait until it answers; return its `host:port`.
+
+        Whatever interrupts the wait (an error, a timeout, Ctrl-C), the emulator is stopped
+        before the exception leaves: `with Emulator()` never runs `__exit__` when
+        `__enter__` raises, so a half-started emulator would otherwise keep the port.
+        """
+        self.spawn()
+        try:
+            return self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start gcloud's emulator in its own process group, without waiting for it."""
         gcloud = shutil.which("gcloud")
         if gcloud is None:
             raise EmulatorError(
@@ -69,17 +83,26 @@ class Emulator:
         self._process = subprocess.Popen(  # noqa: S603 - a fixed command line
             command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        return self._process
+
+    def wait_ready(self, timeout: float = 90.0) -> str:
+        """Wait until the spawned emulator answers; EmulatorError if it exits or times out."""
+        process = self._process
+        assert process is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            if process.poll() is not None:
                 raise EmulatorError(f"the emulator exited early:\n{self.log_tail()}")
             if _answers(self.host):
                 return self.host
             time.sleep(0.25)
-        self.stop()
         raise EmulatorError(
             f"the emulator did not answer within {timeout:.0f} s:\n{self.log_tail()}"
         )
+
+    def alive(self) -> bool:
+        """Whether the spawned emulator (gcloud) is still running."""
+        return self._process is not None and self._process.poll() is None
 
     def stop(self) -> None:
         """Stop the emulator's whole process group (gcloud, its shell and Java)."""
@@ -110,17 +133,28 @@ class Emulator:
 
 
 def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+    stop_group(process)
+
+
+def stop_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM the process group led by `process`, SIGKILL what is left after `grace`
+    seconds, and return once no member of the group runs any more (zombies aside)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
-            return
-        try:
-            process.wait(grace)
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            process.poll()  # reap the leader, or it counts as alive
             if not _group_alive(process.pid):
-                return
-        except subprocess.TimeoutExpired:
+                break
+            time.sleep(0.05)
+        else:
             continue
+        break
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(5)
 
 
 @contextlib.contextmanager
@@ -144,11 +178,23 @@ def _answers(host: str) -> bool:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether a process of group `pgid` still runs. Zombies do not count: an orphan's
+    zombie may never be reaped where PID 1 is no init, and it holds no port."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        if int(fields[2]) == pgid and fields[0] not in {"Z", "X"}:
+            return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,16 +54,12 @@ resource "google_cloudfunctions2_function" "webhook" {
       THREADS = tostring(var.max_instance_request_concurrency)
     }
 
-    # Until a version of the signing secret exists (docs/deploy.md), the function is deployed
-    # without it and refuses every delivery with 500: Stripe keeps retrying, nothing is lost.
-    dynamic "secret_environment_variables" {
-      for_each = var.webhook_secret_version == null ? [] : [var.webhook_secret_version]
-      content {
-        key        = "STRIPE_WEBHOOK_SECRET"
-        project_id = var.project_id
-        secret     = google_secret_manager_secret.webhook_signing.secret_id
-        version    = secret_environment_variables.value
-      }
+    # Always mounted: the precondition below refuses to plan a webhook without its secret.
+    secret_environment_variables {
+      key        = "STRIPE_WEBHOOK_SECRET"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.webhook_signing.secret_id
+      version    = var.webhook_secret_version
     }
 
     dynamic "secret_environment_variables" {
@@ -74,6 +70,15 @@ resource "google_cloudfunctions2_function" "webhook" {
         secret     = google_secret_manager_secret.api_key.secret_id
         version    = secret_environment_variables.value
       }
+    }
+  }
+
+  # Without its signing secret the webhook would answer every delivery 500: an outage, not a
+  # deployment. So a plan that would deploy it so fails here, and says what to set.
+  lifecycle {
+    precondition {
+      condition     = var.webhook_secret_version != null
+      error_message = "webhook_secret_version is not set, and the webhook cannot verify a delivery without its signing secret. Store the endpoint's secret (gcloud secrets versions add ${var.webhook_secret_id} --project=${var.project_id} --data-file=-), put the version it prints in terraform.tfvars as webhook_secret_version = \"1\", and apply. On a fresh project, create the secret first with `terraform apply -target=terraform_data.bootstrap` (docs/deploy.md)."
     }
   }
 

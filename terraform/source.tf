@@ -1,31 +1,22 @@
-# The function's source: main.py, the handlers and stripe_ledger packages and the pinned
-# requirements.txt, nothing else (no tests, no virtual environments, no caches). It is
-# uploaded under a name derived from the files' contents, so any code change redeploys.
+# The function's source is the zip `make bundle` writes (stripe_ledger/bundle.py): main.py, the
+# core, the built-in handlers, the packages of var.handler_modules and a hash-pinned
+# requirements.txt. Terraform uploads that file as it is, under its own SHA-256, so there is
+# one definition of what is deployed and any change to it deploys a new revision. The
+# manifest beside it says what it was built from; the preconditions below refuse to plan with
+# a bundle that is missing, stale, or built for other handler modules.
 
 locals {
-  source_files = sort(setunion(
-    ["main.py", "requirements.txt"],
-    fileset(local.repo_root, "{handlers,stripe_ledger}/**/*.py"),
-  ))
+  bundle_zip      = "${local.repo_root}/dist/function-source.zip"
+  bundle_manifest = "${local.repo_root}/dist/function-source.json"
+  bundle          = fileexists(local.bundle_manifest) ? jsondecode(file(local.bundle_manifest)) : null
 
-  # A hash of the inputs, not of the zip: the name does not depend on how the zip is written.
-  source_hash = sha256(join("\n", [
-    for name in local.source_files : "${name} ${filesha256("${local.repo_root}/${name}")}"
-  ]))
-}
+  # Inputs of the bundle changed (or gone) since it was built.
+  bundle_stale = local.bundle == null ? [] : [
+    for name, digest in local.bundle.inputs : name
+    if(fileexists("${local.repo_root}/${name}") ? filesha256("${local.repo_root}/${name}") != digest : true)
+  ]
 
-data "archive_file" "source" {
-  type             = "zip"
-  output_path      = "${path.module}/build/function-source.zip"
-  output_file_mode = "0644"
-
-  dynamic "source" {
-    for_each = local.source_files
-    content {
-      filename = source.value
-      content  = file("${local.repo_root}/${source.value}")
-    }
-  }
+  source_hash = local.bundle == null ? "missing" : local.bundle.sha256
 }
 
 resource "google_storage_bucket" "source" {
@@ -58,8 +49,27 @@ resource "google_storage_bucket" "source" {
 resource "google_storage_bucket_object" "source" {
   bucket       = google_storage_bucket.source.name
   name         = "${var.function_name}/source-${local.source_hash}.zip"
-  source       = data.archive_file.source.output_path
+  source       = local.bundle_zip
   content_type = "application/zip"
+
+  lifecycle {
+    precondition {
+      condition     = local.bundle != null
+      error_message = "dist/function-source.zip has not been built: run `make bundle` in the repository root, then apply again."
+    }
+    precondition {
+      condition     = local.bundle == null ? true : (fileexists(local.bundle_zip) ? filesha256(local.bundle_zip) == local.bundle.sha256 : false)
+      error_message = "dist/function-source.zip is missing or is not the zip its manifest describes: run `make bundle` again, then apply."
+    }
+    precondition {
+      condition     = local.bundle == null ? true : join(",", local.bundle.handler_modules) == join(",", var.handler_modules)
+      error_message = "dist/function-source.zip was built for handler modules [${local.bundle == null ? "" : join(", ", local.bundle.handler_modules)}], but handler_modules is [${join(", ", var.handler_modules)}]: run `make bundle` (it reads handler_modules from terraform.tfvars), then apply again."
+    }
+    precondition {
+      condition     = length(local.bundle_stale) == 0
+      error_message = "dist/function-source.zip is older than ${join(", ", local.bundle_stale)}: run `make bundle`, then apply again."
+    }
+  }
 }
 
 # The function's images live in this deployment's own repository, so that the build service

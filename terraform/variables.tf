@@ -281,7 +281,7 @@ variable "projection_collections" {
 }
 
 variable "handler_modules" {
-  description = "Extra handler modules to import at cold start, as Python import paths (STRIPE_HANDLER_MODULES). They must be inside the deployed packages."
+  description = "Your handler modules, imported at cold start (STRIPE_HANDLER_MODULES), as Python import paths such as myapp.billing. `make bundle` reads this list from terraform.tfvars and ships each module's top-level package (myapp/); plan fails if the bundle was built for another list."
   type        = list(string)
   default     = []
 
@@ -303,13 +303,13 @@ variable "webhook_secret_id" {
 }
 
 variable "webhook_secret_version" {
-  description = "Version of the signing secret the function uses: a version number (recommended: a new number deploys a new revision) or \"latest\". null until the first version has been added; the function refuses every delivery until then."
+  description = "Version of the signing secret the webhook uses: a version number (recommended: a new number deploys a new revision) or \"latest\". Keep it in terraform.tfvars. Required to plan the webhook (a precondition refuses to deploy it without its secret); only the first, targeted apply of a fresh project (-target=terraform_data.bootstrap) runs without it."
   type        = string
   default     = null
 
   validation {
     condition     = var.webhook_secret_version == null || can(regex("^(latest|[1-9][0-9]*)$", var.webhook_secret_version))
-    error_message = "webhook_secret_version must be null, \"latest\" or a version number."
+    error_message = "webhook_secret_version must be \"latest\" or a version number such as \"1\" (the one `gcloud secrets versions add` printed)."
   }
 }
 

@@ -8,9 +8,5 @@ terraform {
       source  = "hashicorp/google"
       version = "~> 8.0"
     }
-    archive = {
-      source  = "hashicorp/archive"
-      version = "~> 2.7"
-    }
   }
 }

@@ -26,15 +26,16 @@ from tests.support import SECRET, UNKNOWN_SECRET, FunctionServer, make_event, si
 Entry = dict[str, Any]
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<open>\()|(?P<close>\))|(?P<op>AND|OR|NOT)\b|(?P<cmp>[\w.]+)\s*=\s*"
-    r'(?P<value>"(?:[^"\\]|\\.)*"|[\w.-]+))'
+    r"\s*(?:(?P<open>\()|(?P<close>\))|(?P<op>AND|OR|NOT)\b|(?P<has>[\w.]+):\*|"
+    r'(?P<cmp>[\w.]+)\s*=\s*(?P<value>"(?:[^"\\]|\\.)*"|[\w.-]+))'
 )
+_PRESENT = object()  # `field:*`, Logging's "the field exists"
 
 
 class LogFilter:
     """Cloud Logging's query language, as far as these filters use it: `field=value`
-    comparisons joined by AND, OR and NOT with parentheses (NOT binds tightest, then OR,
-    then AND, as in Logging)."""
+    comparisons and `field:*` (present) joined by AND, OR and NOT with parentheses (NOT binds
+    tightest, then OR, then AND, as in Logging)."""
 
     def __init__(self, text: str) -> None:
         self.tokens: list[tuple[str, Any]] = []
@@ -48,6 +49,8 @@ class LogFilter:
                 self.tokens.append(("paren", match["open"] or match["close"]))
             elif match["op"]:
                 self.tokens.append(("op", match["op"]))
+            elif match["has"]:
+                self.tokens.append(("cmp", (match["has"], _PRESENT)))
             else:
                 value = match["value"]
                 if value.startswith('"'):
@@ -93,6 +96,8 @@ class LogFilter:
         value: Any = entry
         for part in path.split("."):
             value = value.get(part) if isinstance(value, dict) else None
+        if expected is _PRESENT:
+            return value is not None
         return value is not None and str(value) == expected
 
 
@@ -101,7 +106,8 @@ def metric_filter(name: str) -> str:
     config = configuration()
     text = str(config.resource(f"google_logging_metric.{name}").get("filter"))
     text = text.replace("${local.function_logs}", literal(config.locals["function_logs"]))
-    text = text.replace("${var.function_name}", config.default("function_name"))
+    for variable in ("function_name", "outbox_function_name"):
+        text = text.replace(f"${{var.{variable}}}", config.default(variable))
     assert "${" not in text, text
     return text
 
@@ -184,6 +190,41 @@ class TestLogMetrics:
         ]
         assert {(o["http_status"], o.get("reason")) for o in others} == {(405, None), (400, None)}
 
+    def test_deliveries_metric_counts_every_answered_request_once(
+        self, entries: list[Entry]
+    ) -> None:
+        """The deliveries metric (the dashboard's events and deliveries) matches each
+        request's one line, whatever its answer, and no other line; its labels are fields
+        those lines carry."""
+        log_filter = LogFilter(metric_filter("deliveries"))
+        matched = [e["jsonPayload"] for e in entries if log_filter.matches(e)]
+        # The 8 requests above, and the GET of FunctionServer's readiness check (405).
+        statuses = sorted(m["http_status"] for m in matched)
+        assert statuses == [200, 200, 200, 400, 400, 400, 400, *[405] * (len(statuses) - 7)]
+        assert {m["status"] for m in matched} == {"dead", "completed", "ignored", "rejected"}
+        unmatched = [e for e in entries if not log_filter.matches(e)]
+        assert all("http_status" not in e["jsonPayload"] for e in unmatched)
+        metric = configuration().resource("google_logging_metric.deliveries")
+        assert metric.get("label_extractors") == {
+            "status": "EXTRACT(jsonPayload.status)",
+            "http_status": "EXTRACT(jsonPayload.http_status)",
+        }
+
+    def test_latency_metric_extracts_each_answers_duration(self, entries: list[Entry]) -> None:
+        """The latency distribution reads `duration_ms` of the same lines: a number on each."""
+        config = configuration()
+        metric = config.resource("google_logging_metric.delivery_latency")
+        assert metric.get("filter") == config.resource("google_logging_metric.deliveries").get(
+            "filter"
+        )
+        assert metric.get("value_extractor") == "EXTRACT(jsonPayload.duration_ms)"
+        (descriptor,) = metric.get("metric_descriptor")
+        assert (descriptor["value_type"], descriptor["unit"]) == ("DISTRIBUTION", "ms")
+        log_filter = LogFilter(metric_filter("delivery_latency"))
+        durations = [e["jsonPayload"]["duration_ms"] for e in entries if log_filter.matches(e)]
+        assert len(durations) >= 8
+        assert all(isinstance(d, int | float) and d >= 0 for d in durations)
+
     def test_label_extractors_name_logged_fields(self) -> None:
         """The metrics' labels are extracted from fields the function logs."""
         config = configuration()
@@ -196,6 +237,7 @@ class TestLogMetrics:
         """OR binds tighter than AND, as in Cloud Logging: a AND b OR c is a AND (b OR c)."""
         entry = {"a": "1", "b": "0", "c": "1"}
         assert LogFilter("a=1 AND b=1 OR c=1").matches(entry)
+        assert LogFilter("a:* AND NOT d:*").matches(entry)
         assert not LogFilter("a=0 AND b=0 OR c=1").matches(entry)
         assert not LogFilter("NOT a=1").matches(entry)
 

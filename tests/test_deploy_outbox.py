@@ -272,6 +272,29 @@ class TestDeadTaskAlert:
         elsewhere = as_log_entries(iter(lines), "another-service")
         assert not [e for e in elsewhere if tasks.matches(e)]
 
+    def test_the_task_runs_metric_counts_every_logged_run_by_service(
+        self, restore_logging: io.StringIO
+    ) -> None:
+        """The dashboard's outbox panel: every run the outbox logs, in either function, is
+        counted once with its outcome and the service that ran it; nothing elsewhere."""
+        from stripe_ledger.outbox import TaskResult, _logged
+
+        for outcome in ("done", "failed", "dead", "lease_lost"):
+            _logged(TaskResult("k", "send_receipt", "evt_1", "pending", outcome, attempt=1))
+        lines = [json.loads(line) for line in restore_logging.getvalue().splitlines()]
+        config = configuration()
+        runs = LogFilter(_metric_filter("task_runs"))
+        for service in (config.default("function_name"), config.default("outbox_function_name")):
+            entries = as_log_entries(iter(lines), service)
+            counted = [e["jsonPayload"]["task_status"] for e in entries if runs.matches(e)]
+            assert counted == ["done", "failed", "dead", "lease_lost"]
+        assert not [e for e in as_log_entries(iter(lines), "other") if runs.matches(e)]
+        metric = config.resource("google_logging_metric.task_runs")
+        assert metric.get("label_extractors") == {
+            "task_status": "EXTRACT(jsonPayload.task_status)",
+            "service": "EXTRACT(resource.labels.service_name)",
+        }
+
     def test_the_alert_watches_the_metric(self) -> None:
         policy = configuration().resource("google_monitoring_alert_policy.dead_tasks")
         (condition,) = policy.get("conditions")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.derive_schema import ARCHIVE_FILE, used_types
+from tests.deploy.derive_schema import used_types
 from tests.deploy.terraform import (
     SCHEMA,
     TERRAFORM,
@@ -40,15 +40,27 @@ _LIFECYCLE = {
     "postcondition",
 }
 _REFERENCE = re.compile(
-    r"(?<![\w.\"/-])(data\.)?((?:google|archive)_[a-z0-9_]+)\.([a-z0-9_-]+)"
+    r"(?<![\w.\"/-])(data\.)?((?:google_|terraform_data)[a-z0-9_]*)\.([a-z0-9_-]+)"
     r"((?:\[[^\]]*\])?(?:\.[a-z_][a-z0-9_]*(?:\[[^\]]*\])?)*)"
 )
 _NAMED = re.compile(r"(?<![\w.])(var|local)\.([a-z0-9_]+)")
 
 
+# Terraform's built-in `terraform_data` (no provider to download), from its documentation.
+TERRAFORM_DATA: dict[str, Any] = {
+    "attributes": {
+        "id": {"computed": True},
+        "input": {"optional": True},
+        "output": {"computed": True},
+        "triggers_replace": {"optional": True},
+    },
+    "blocks": {},
+}
+
+
 def schema_of(block: Block) -> dict[str, Any]:
-    if block.type == "archive_file":
-        return ARCHIVE_FILE
+    if block.type == "terraform_data":
+        return TERRAFORM_DATA
     kind = "data_sources" if block.kind == "data" else "resources"
     schema: dict[str, Any] = SCHEMA[kind][block.type]
     return schema
@@ -149,21 +161,20 @@ class TestConfigurationParses:
         assert config.resources
 
     def test_required_providers(self) -> None:
-        """google ~> 8.0 from hashicorp, archive from hashicorp, nothing else."""
+        """google ~> 8.0 from hashicorp, nothing else: the source zip is `make bundle`'s, so
+        the archive provider is no longer needed."""
         (block,) = configuration().terraform
         (providers,) = literal(block["required_providers"])
-        assert providers == {
-            "google": {"source": "hashicorp/google", "version": "~> 8.0"},
-            "archive": {"source": "hashicorp/archive", "version": "~> 2.7"},
-        }
+        assert providers == {"google": {"source": "hashicorp/google", "version": "~> 8.0"}}
 
-    def test_only_google_and_archive_types(self) -> None:
-        """Every resource and data source comes from one of the two providers."""
+    def test_only_google_types_and_builtin_terraform_data(self) -> None:
+        """Every resource and data source comes from the google provider, but the built-in
+        terraform_data of the bootstrap apply."""
         config = configuration()
         for block in (*config.resources, *config.data):
-            assert block.type.startswith("google_") or block.type == "archive_file", block.type
-        assert [block.type for block in config.data if block.type.startswith("archive")] == [
-            "archive_file"
+            assert block.type.startswith("google_") or block.type == "terraform_data", block.type
+        assert [b.address for b in config.resources if b.type == "terraform_data"] == [
+            "terraform_data.bootstrap"
         ]
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 from typing import Any
 
 import hcl2
 
+from stripe_ledger import bundle
 from tests.deploy.terraform import (
     ROOT,
     TERRAFORM,
@@ -111,6 +111,8 @@ class TestNoSecretInConfiguration:
         for block in dynamic_blocks(service_config(), "secret_environment_variables"):
             (content,) = literal(block["content"])
             mounted[content["key"]] = content["secret"]
+        for static in literal(blocks_of(service_config(), "secret_environment_variables")):
+            mounted[static["key"]] = static["secret"]
         assert mounted == {
             "STRIPE_WEBHOOK_SECRET": "${google_secret_manager_secret.webhook_signing.secret_id}",
             "STRIPE_API_KEY": "${google_secret_manager_secret.api_key.secret_id}",
@@ -327,30 +329,25 @@ class TestFunction:
             assert service[argument] == f"${{var.{variable}}}"
             assert config.default(variable) == default
 
-    def test_source_zip_holds_exactly_the_function(self) -> None:
-        """main.py, requirements.txt and the .py files of handlers/ and stripe_ledger/: no
-        tests, no virtual environment, no caches."""
-        expression = configuration().locals["source_files"]
-        listed = re.findall(r'\["main\.py", "requirements\.txt"\]', expression)
-        (pattern,) = re.findall(r'fileset\(local\.repo_root, "([^"]+)"\)', expression)
-        assert listed
-        assert pattern == "{handlers,stripe_ledger}/**/*.py"
-        files = {"main.py", "requirements.txt"}
-        for package in ("handlers", "stripe_ledger"):
-            files |= {str(p.relative_to(ROOT)) for p in (ROOT / package).glob("**/*.py")}
-        assert all(
-            Path(name).parts[0] in {"main.py", "requirements.txt", "handlers", "stripe_ledger"}
-            for name in files
-        )
-        assert {"handlers/__init__.py", "stripe_ledger/http.py"} <= files
-        assert not [name for name in files if "test" in Path(name).parts[0] or "venv" in name]
+    def test_source_is_the_bundle_make_bundle_writes(self) -> None:
+        """Terraform uploads dist/function-source.zip, the file stripe_ledger/bundle.py
+        writes, and reads the manifest written beside it: there is no second file list."""
+        config = configuration()
+        zip_path = literal(config.locals["bundle_zip"])
+        manifest = literal(config.locals["bundle_manifest"])
+        assert zip_path == "${local.repo_root}/" + bundle.OUTPUT.relative_to(ROOT).as_posix()
+        assert manifest == "${local.repo_root}/dist/" + bundle.MANIFEST
+        source = config.resource("google_storage_bucket_object.source")
+        assert source.get("source") == "${local.bundle_zip}"
+        assert not [b for b in config.data if b.type == "archive_file"], "one zip: the bundle"
 
     def test_any_code_change_redeploys(self) -> None:
-        """The object's name is a hash of every zipped file's contents, and the function
+        """The object's name is the bundle's SHA-256 (a deterministic zip), and the function
         points at that object."""
         config = configuration()
-        assert "filesha256" in config.locals["source_hash"]
-        assert "local.source_files" in config.locals["source_hash"]
+        assert literal(config.locals["source_hash"]) == (
+            '${local.bundle == null ? "missing" : local.bundle.sha256}'
+        )
         source = config.resource("google_storage_bucket_object.source")
         assert "${local.source_hash}" in source.get("name")
         (build,) = literal(function().body["build_config"])
