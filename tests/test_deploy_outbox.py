@@ -277,10 +277,11 @@ class TestDeadTaskAlert:
     ) -> None:
         """The dashboard's outbox panel: every run the outbox logs, in either function, is
         counted once with its outcome and the service that ran it; nothing elsewhere."""
-        from stripe_ledger.outbox import TaskResult, _logged
+        from stripe_ledger.outbox import TaskResult
+        from stripe_ledger.outbox.tasks import logged
 
         for outcome in ("done", "failed", "dead", "lease_lost"):
-            _logged(TaskResult("k", "send_receipt", "evt_1", "pending", outcome, attempt=1))
+            logged(TaskResult("k", "send_receipt", "evt_1", "pending", outcome, attempt=1))
         lines = [json.loads(line) for line in restore_logging.getvalue().splitlines()]
         config = configuration()
         runs = LogFilter(_metric_filter("task_runs"))
