@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import google.auth.exceptions
 from google.cloud import firestore
@@ -19,7 +19,7 @@ from stripe_ledger.config import BUILTIN_HANDLER_MODULES, Settings
 from stripe_ledger.errors import ConfigurationError, LedgerUnavailable, WebhookError
 from stripe_ledger.fetch import StripeFetcher
 from stripe_ledger.firestore_client import create_client
-from stripe_ledger.ledger import Clock, EventLedger, utc_now
+from stripe_ledger.ledger import RETRYABLE, Clock, EventLedger, utc_now
 from stripe_ledger.outcomes import Delivery
 from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import HandlerRegistry, import_handler_modules, registry
@@ -66,17 +66,23 @@ class WebhookService:
             error.event_id, error.event_type = received.id, received.type
             raise
 
-    def process(self, received: VerifiedEvent, **options: object) -> Delivery:
+    def process(
+        self,
+        received: VerifiedEvent,
+        *,
+        reclaim: Collection[str] = RETRYABLE,
+        note: str | None = None,
+    ) -> Delivery:
         """Process a verified or trusted event through the pipeline, with this instance's
-        client, ledger, handlers and Stripe fetcher; `options` are the pipeline's `reclaim`
-        and `note`."""
+        client, ledger, handlers and Stripe fetcher (see `pipeline.process_event`)."""
         return process_event(
             received,
             db=self.db,
             ledger=self.ledger,
             registry=self.registry,
             fetcher=self.fetcher,
-            **options,  # type: ignore[arg-type]
+            reclaim=reclaim,
+            note=note,
         )
 
 
