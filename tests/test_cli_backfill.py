@@ -12,7 +12,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -112,6 +112,45 @@ def projected(db: firestore.Client, collection: str) -> dict[str, dict[str, Any]
     return {s.id: s.to_dict() or {} for s in db.collection(collection).stream()}
 
 
+def slowed(fake: FakeStripe) -> list[Request]:
+    """Make every answer of `fake` take 0.3 s; the requests seen so far."""
+    seen: list[Request] = []
+
+    def slow_down(request: Request) -> None:
+        seen.append(request)
+        time.sleep(0.3)
+
+    fake.on_request = slow_down
+    return seen
+
+
+def start_backfill(
+    fake: FakeStripe, project: str, *args: str, stdout: int = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """`stripe-ledger backfill ARGS` started in the background, as an operator would."""
+    env = {
+        **os.environ,
+        "GOOGLE_CLOUD_PROJECT": project,
+        "STRIPE_API_KEY": fake.api_key,
+        "STRIPE_API_BASE": fake.url,
+    }
+    return subprocess.Popen(
+        [str(CLI), "backfill", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=stdout,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeStripe]:
     with FakeStripe() as server:
@@ -205,29 +244,9 @@ class TestResume:
         customers = [an_object("customer", n) for n in range(1200)]
         for obj in customers:
             fake.put_object(obj)
-        slow: list[int] = []
-
-        def slow_down(request: Request) -> None:
-            slow.append(1)
-            time.sleep(0.3)
-
-        fake.on_request = slow_down
-        env = {
-            **{k: v for k, v in os.environ.items()},
-            "GOOGLE_CLOUD_PROJECT": project,
-            "STRIPE_API_KEY": fake.api_key,
-            "STRIPE_API_BASE": fake.url,
-        }
-        process = subprocess.Popen(
-            [str(CLI), "backfill", "customers", "--workers", "1"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while len(slow) < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        slow = slowed(fake)
+        process = start_backfill(fake, project, "customers", "--workers", "1")
+        wait_for(lambda: len(slow) >= 5)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         fake.on_request = None
@@ -253,30 +272,9 @@ class TestResume:
         the progress saved; `--resume` completes it."""
         for n in range(600):
             fake.put_object(an_object("customer", n))
-        pages: list[int] = []
-
-        def slow_down(request: Request) -> None:
-            pages.append(1)
-            time.sleep(0.3)
-
-        fake.on_request = slow_down
-        env = {
-            **{k: v for k, v in os.environ.items()},
-            "GOOGLE_CLOUD_PROJECT": project,
-            "STRIPE_API_KEY": fake.api_key,
-            "STRIPE_API_BASE": fake.url,
-        }
-        process = subprocess.Popen(
-            [str(CLI), "backfill", "customers", "--json"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        while len(pages) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        pages = slowed(fake)
+        process = start_backfill(fake, project, "customers", "--json", stdout=subprocess.PIPE)
+        wait_for(lambda: len(pages) >= 2)
         process.send_signal(signal.SIGINT)
         stdout, _ = process.communicate(timeout=60)
         fake.on_request = None
