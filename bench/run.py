@@ -14,6 +14,10 @@ Phases, in order (all HTTP goes to functions-framework on gunicorn, as in produc
    about one object at the same instant (their transactions contend for its document).
 
 `main` prints the table and writes the JSON and the PNG (`bench._report`).
+
+Over 400 lines on purpose: one job, the run of record, whose phases share the servers, the
+emulator and the round-by-round interleaving; each phase is one function here, and what they
+share lives in the `bench._*` modules.
 """
 
 from __future__ import annotations
