@@ -69,7 +69,10 @@ def process_event(
     if isinstance(claim, Settled):
         return _settled(received, claim)
     try:
-        applied, twin = _prepare(received, ledger, fetcher)
+        applied, twin, unapplied = _prepare(received, ledger, fetcher)
+        if applied is None:
+            outcome = ledger.complete_without_handlers(claim, unapplied or "not applied")
+            return Delivery(outcome, received.id, received.type, attempt=claim.attempt)
         claims = [claim]
         if twin is not None:
             twin_note = f"applied from thin event {received.id}"
@@ -98,14 +101,15 @@ def process_event(
 
 def _prepare(
     received: VerifiedEvent, ledger: EventLedger, fetcher: StripeFetcher | None
-) -> tuple[VerifiedEvent, str | None]:
-    """The event as its handlers see it, and its snapshot twin's ID if it is a thin event."""
+) -> tuple[VerifiedEvent | None, str | None, str | None]:
+    """The event as its handlers see it (None if nothing can be applied, and why), and its
+    snapshot twin's ID if it is a thin event."""
     if is_thin(received.data):
         fetched = thin.fetch(received, fetcher)
-        return fetched.applied, fetched.twin
+        return fetched.applied, fetched.twin, fetched.note
     if fetcher is not None and refetches(ledger.settings, received):
-        return fetcher.refetched(received), None
-    return received, None
+        return fetcher.refetched(received), None, None
+    return received, None, None
 
 
 def _settled(received: VerifiedEvent, settled: Settled) -> Delivery:

@@ -11,6 +11,11 @@ event names a `snapshot_event`, the pipeline applies the change under a claim on
 own record, `stripe_events/{snapshot_event}`, in a transaction that completes both records;
 whichever of the two arrives first applies it, and the other finds the twin's record settled
 or in flight and runs nothing.
+
+A related object that answers 404 is deleted only if the event's type says so (`*.deleted`):
+otherwise the key cannot see it (another mode or account, a restricted key) and nothing is
+applied (the record is completed with a note, and a WARNING is logged), since a thin event
+has no snapshot to fall back on. Nor is a thin event of the other mode than the key's read.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stripe_ledger.errors import ConfigurationError, StripeUnavailable
-from stripe_ledger.fetch import StripeFetcher
+from stripe_ledger.fetch import StripeFetcher, unreadable
 from stripe_ledger.verify import VerifiedEvent
 
 __all__ = ["Fetched", "fetch", "snapshot_type", "stub"]
@@ -30,8 +35,11 @@ __all__ = ["Fetched", "fetch", "snapshot_type", "stub"]
 class Fetched:
     """A thin event's change as its handlers see it, and its snapshot twin's ID, if any."""
 
-    applied: VerifiedEvent
+    applied: VerifiedEvent | None
+    """None when nothing can be applied: the key cannot read the related object."""
     twin: str | None
+    note: str | None = None
+    """Why nothing was applied."""
 
 
 def snapshot_type(thin_type: str) -> str:
@@ -53,6 +61,10 @@ def fetch(thin: VerifiedEvent, fetcher: StripeFetcher | None) -> Fetched:
     """
     if fetcher is None:
         raise ConfigurationError("thin events need STRIPE_API_KEY to fetch what they refer to")
+    if not fetcher.can_read(thin):
+        why = "the event's mode differs from STRIPE_API_KEY's"
+        unreadable(stub(thin), why)
+        return Fetched(None, None, f"not applied: {why}")
     deadline = fetcher.deadline()
     event = fetcher.get(f"/v2/core/events/{thin.id}", deadline=deadline, context=thin.account)
     if event is None:
@@ -64,6 +76,10 @@ def fetch(thin: VerifiedEvent, fetcher: StripeFetcher | None) -> Fetched:
     obj: dict[str, Any] = {}
     if related:
         found = fetcher.get(related["url"], deadline=deadline, context=thin.account)
+        if found is None and not snapshot_type(thin.type).endswith(".deleted"):
+            why = "Stripe's API answered 404 to this key"
+            unreadable(stub(thin), why)
+            return Fetched(None, twin, f"not applied: {why}")
         obj = found or {"id": related.get("id"), "object": related.get("type"), "deleted": True}
     data = _applied(thin, twin or thin.id, obj)
     return Fetched(VerifiedEvent(data, json.dumps(data), observed_at=observed_at), twin)

@@ -1,0 +1,159 @@
+"""Projections end at Stripe's real state (issue 15), end to end against the emulator and a
+local fake of Stripe's API: a 404 is not a deletion, objects Firestore cannot hold as they are
+are adapted by Firestore's own size rules, and same-second conflicts are settled by the API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from google.cloud import firestore
+
+import handlers
+from stripe_ledger.config import Settings
+from stripe_ledger.outcomes import Delivery, Outcome
+from stripe_ledger.registry import import_handler_modules
+from stripe_ledger.service import WebhookService
+from tests.fake_stripe import FakeStripe
+from tests.support import SECRET, logged, make_event, sign
+from tests.test_thin_events import publish, thin_notification
+
+pytestmark = pytest.mark.emulator
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeStripe]:
+    with FakeStripe() as server:
+        yield server.serve_objects()
+
+
+def service_for(
+    db: firestore.Client, fake: FakeStripe | None = None, **overrides: Any
+) -> WebhookService:
+    import_handler_modules(handlers.BUILTIN_MODULES)
+    api: dict[str, Any] = (
+        {"stripe_api_key": fake.api_key, "stripe_api_base": fake.url} if fake else {}
+    )
+    settings = Settings(webhook_secrets=(SECRET,), **api, **overrides)
+    return WebhookService(settings, db, handlers.registry)
+
+
+def deliver(service: WebhookService, event: dict[str, Any]) -> Delivery:
+    body = json.dumps(event)
+    return service.deliver(body.encode(), sign(body))
+
+
+def stored(db: firestore.Client, collection: str, object_id: str) -> dict[str, Any]:
+    return db.collection(collection).document(object_id).get().to_dict() or {}
+
+
+def token() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class TestNotFoundIsNotDeletion:
+    def test_a_refetch_answering_404_keeps_the_snapshot(
+        self, db: firestore.Client, fake: FakeStripe
+    ) -> None:
+        """Refetch mode, the key cannot see the product (404): the projection holds the
+        event's snapshot, not a final deletion, and a WARNING names the object."""
+        service = service_for(db, fake, refetch=True)
+        product: dict[str, Any] = {
+            "id": f"prod_{token()}",
+            "object": "product",
+            "name": "Pro",
+            "active": True,
+        }
+        with logged() as records:
+            assert deliver(service, make_event("product.updated", product)).outcome is (
+                Outcome.COMPLETED
+            )
+        document = stored(db, "products", product["id"])
+        assert (document["deleted"], document["name"]) == (False, "Pro")
+        warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+        assert any(product["id"] in message and "404" in message for message in warnings)
+        # The API can see it again later: the next event projects its state.
+        fake.put_object({**product, "name": "Pro 2"})
+        assert deliver(service, make_event("product.updated", product)).outcome is (
+            Outcome.COMPLETED
+        )
+        assert stored(db, "products", product["id"])["name"] == "Pro 2"
+
+    def test_a_deleting_event_answering_404_deletes(
+        self, db: firestore.Client, fake: FakeStripe
+    ) -> None:
+        """The event type itself says the object is deleted: a 404 then changes nothing."""
+        service = service_for(db, fake, refetch=True)
+        product: dict[str, Any] = {
+            "id": f"prod_{token()}",
+            "object": "product",
+            "name": "Old",
+            "active": False,
+        }
+        assert deliver(service, make_event("product.deleted", product)).outcome is (
+            Outcome.COMPLETED
+        )
+        assert stored(db, "products", product["id"])["deleted"] is True
+
+    def test_an_event_of_the_other_mode_is_not_fetched(self, db: firestore.Client) -> None:
+        """A test-mode event reaching a live endpoint (Stripe sends connected accounts' test
+        events there): the live key is never used for it; its snapshot is projected."""
+        with FakeStripe(api_key="sk_live_fake_0123456789") as live:
+            live.serve_objects()
+            service = service_for(db, live, refetch=True)
+            customer: dict[str, Any] = {
+                "id": f"cus_{token()}",
+                "object": "customer",
+                "email": "t@example.com",
+            }
+            event = {**make_event("customer.updated", customer), "account": "acct_test1"}
+            with logged() as records:
+                assert deliver(service, event).outcome is Outcome.COMPLETED
+            assert live.requests == []
+        document = stored(db, "customers", customer["id"])
+        assert (document["deleted"], document["email"]) == (False, "t@example.com")
+        assert any(customer["id"] in r.getMessage() for r in records)
+
+    def test_a_connected_accounts_object_is_read_in_its_context(
+        self, db: firestore.Client, fake: FakeStripe
+    ) -> None:
+        """Refetch reads the object as the event's connected account."""
+        service = service_for(db, fake, refetch=True)
+        customer: dict[str, Any] = {
+            "id": f"cus_{token()}",
+            "object": "customer",
+            "email": "now@example.com",
+        }
+        fake.put_object(customer)
+        event = {**make_event("customer.updated", customer), "account": "acct_123"}
+        assert deliver(service, event).outcome is Outcome.COMPLETED
+        assert [r.headers.get("stripe-context") for r in fake.requests] == ["acct_123"]
+
+    def test_a_thin_event_answering_404_applies_nothing(
+        self, db: firestore.Client, fake: FakeStripe
+    ) -> None:
+        """A thin `v1.product.updated` whose product answers 404: nothing is applied (there is
+        no snapshot to keep), the record says why, and the projection is not deleted."""
+        service = service_for(db, fake)
+        product: dict[str, Any] = {
+            "id": f"prod_{token()}",
+            "object": "product",
+            "name": "Pro",
+            "active": True,
+        }
+        assert deliver(service, make_event("product.created", product)).outcome is (
+            Outcome.COMPLETED
+        )
+        notification = thin_notification("v1.product.updated", product)
+        publish(fake, notification)
+        with logged() as records:
+            assert deliver(service, notification).outcome is Outcome.COMPLETED
+        record = db.collection("stripe_events").document(notification["id"]).get().to_dict()
+        assert record is not None
+        assert "404" in record["last_note"]
+        assert stored(db, "products", product["id"])["deleted"] is False
+        assert any(product["id"] in r.getMessage() for r in records)
