@@ -157,3 +157,40 @@ class TestNotFoundIsNotDeletion:
         assert "404" in record["last_note"]
         assert stored(db, "products", product["id"])["deleted"] is False
         assert any(product["id"] in r.getMessage() for r in records)
+
+
+class TestFirestoreSizeRules:
+    """Objects Firestore cannot hold as they are: adapted (and said so), never dead-lettered."""
+
+    def deliver_payment(
+        self, db: firestore.Client, extra: dict[str, Any]
+    ) -> tuple[Delivery, dict[str, Any]]:
+        service = service_for(db, max_attempts=1)
+        obj = {"id": f"pi_{token()}", "object": "payment_intent", "status": "succeeded", **extra}
+        delivery = deliver(service, make_event("payment_intent.succeeded", obj))
+        return delivery, stored(db, "payments", obj["id"])
+
+    def test_an_empty_map_key_is_renamed(self, db: firestore.Client) -> None:
+        delivery, document = self.deliver_payment(db, {"metadata": {"": "x", "plan": "pro"}})
+        assert delivery.outcome is Outcome.COMPLETED
+        assert document["object"]["metadata"] == {"~": "x", "plan": "pro"}
+        assert document["object_adapted"] == ["object.metadata."]
+
+    def test_an_integer_beyond_64_bits_is_kept_as_text(self, db: firestore.Client) -> None:
+        delivery, document = self.deliver_payment(db, {"amount": 2**63, "amount_received": 5})
+        assert delivery.outcome is Outcome.COMPLETED
+        assert document["amount"] == document["object"]["amount"] == str(2**63)
+        assert document["amount_received"] == 5
+        assert document["object_adapted"] == ["amount", "object.amount"]
+
+    def test_a_large_array_of_numbers_is_left_out_by_its_firestore_size(
+        self, db: firestore.Client
+    ) -> None:
+        """300,000 small numbers are 600 kB of JSON but 2.4 MB in Firestore (8 bytes each):
+        the field is left out and named, and the event completes on its first attempt."""
+        numbers = [0] * 300_000
+        delivery, document = self.deliver_payment(db, {"amount_details": {"tips": numbers}})
+        assert delivery.outcome is Outcome.COMPLETED
+        assert document["status"] == "succeeded"
+        assert document["object_omitted"] == ["amount_details"]
+        assert "amount_details" not in document["object"]
