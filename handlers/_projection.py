@@ -37,7 +37,7 @@ from typing import Any
 
 from google.cloud import firestore
 
-from handlers import on
+from handlers import on, registry
 from handlers._storable import storable_document
 from stripe_ledger.context import HandlerContext
 from stripe_ledger.verify import VerifiedEvent
@@ -174,12 +174,19 @@ PROJECTIONS: list[Projection] = []
 imported): their collections are what the deployment exempts, indexes and locks."""
 
 
-def register_projection(projection: Projection, *event_types: str) -> None:
+def register_projection(
+    projection: Projection, *event_types: str, family: tuple[str, str] | None = None
+) -> None:
     """Register `projection` as the handler of `event_types`, with its read declared.
 
     It applies only to events whose object has an ID, so the others are recorded `ignored`.
+    `family` is `(object type, event type)`: a thin event of a type no handler takes about an
+    object of that type (a thin-only type, `v1.customer.subscription.past_due`) runs that
+    event type's handlers on the fetched object (`HandlerRegistry.family`).
     """
     PROJECTIONS.append(projection)
+    if family is not None:
+        registry.family(*family)
 
     def reads(ctx: HandlerContext) -> list[firestore.DocumentReference]:
         return [projection.ref(ctx)]

@@ -37,6 +37,7 @@ RETRIEVABLE = frozenset(
         "customer",
         "subscription",
         "invoice",
+        "invoice_payment",
         "payment_intent",
         "charge",
         "refund",

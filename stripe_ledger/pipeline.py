@@ -63,13 +63,14 @@ def process_event(
     Raises `LedgerUnavailable` (Firestore), `StripeUnavailable` (Stripe's API) or
     `ConfigurationError`; the claim, if one was made, is released first.
     """
-    arriving = thin.stub(received) if is_thin(received.data) else received
+    event_type = thin.applied_type(received, registry) if is_thin(received.data) else None
+    arriving = thin.stub(received, event_type) if event_type else received
     handled = bool(registry.applicable(arriving))
     claim = ledger.claim(received, handled=handled, reclaim=reclaim, note=note)
     if isinstance(claim, Settled):
         return _settled(received, claim)
     try:
-        applied, twin, unapplied = _prepare(received, ledger, fetcher)
+        applied, twin, unapplied = _prepare(received, ledger, fetcher, event_type)
         if applied is None:
             outcome = ledger.complete_without_handlers(claim, unapplied or "not applied")
             return Delivery(outcome, received.id, received.type, attempt=claim.attempt)
@@ -100,12 +101,15 @@ def process_event(
 
 
 def _prepare(
-    received: VerifiedEvent, ledger: EventLedger, fetcher: StripeFetcher | None
+    received: VerifiedEvent,
+    ledger: EventLedger,
+    fetcher: StripeFetcher | None,
+    event_type: str | None,
 ) -> tuple[VerifiedEvent | None, str | None, str | None]:
     """The event as its handlers see it (None if nothing can be applied, and why), and its
     snapshot twin's ID if it is a thin event."""
     if is_thin(received.data):
-        fetched = thin.fetch(received, fetcher)
+        fetched = thin.fetch(received, fetcher, event_type)
         return fetched.applied, fetched.twin, fetched.note
     if fetcher is not None and refetches(ledger.settings, received):
         return fetcher.refetched(received), None, None

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stripe_ledger.errors import ConfigurationError, StripeUnavailable
 from stripe_ledger.fetch import StripeFetcher, unreadable
 from stripe_ledger.verify import VerifiedEvent
 
-__all__ = ["Fetched", "fetch", "snapshot_type", "stub"]
+if TYPE_CHECKING:
+    from stripe_ledger.registry import HandlerRegistry
+
+__all__ = ["Fetched", "applied_type", "fetch", "snapshot_type", "stub"]
 
 
 @dataclass(frozen=True)
@@ -47,13 +50,26 @@ def snapshot_type(thin_type: str) -> str:
     return thin_type.removeprefix("v1.")
 
 
-def stub(thin: VerifiedEvent) -> VerifiedEvent:
+def applied_type(thin: VerifiedEvent, registry: HandlerRegistry) -> str:
+    """The snapshot type whose handlers `thin` runs: its own without `v1.`, or, when no
+    handler takes that type (a thin-only type such as `v1.customer.subscription.past_due`,
+    or `v1.invoice.line_item_added`), the type registered for its related object's family
+    (`HandlerRegistry.family`), so that the object is fetched and projected all the same."""
+    own = snapshot_type(thin.type)
+    if registry.handlers_for(own):
+        return own
+    return registry.family_type(str(thin.object.get("object"))) or own
+
+
+def stub(thin: VerifiedEvent, event_type: str | None = None) -> VerifiedEvent:
     """The thin event shaped as a snapshot of its reference only: what decides, before the
     claim, whether any handler applies to it."""
-    return VerifiedEvent(_applied(thin, thin.id, thin.object), thin.payload)
+    return VerifiedEvent(_applied(thin, thin.id, thin.object, event_type), thin.payload)
 
 
-def fetch(thin: VerifiedEvent, fetcher: StripeFetcher | None) -> Fetched:
+def fetch(
+    thin: VerifiedEvent, fetcher: StripeFetcher | None, event_type: str | None = None
+) -> Fetched:
     """Read the thin event and its related object from Stripe's API (see the module).
 
     Raises `ConfigurationError` without an API key, `StripeUnavailable` when Stripe cannot
@@ -81,16 +97,18 @@ def fetch(thin: VerifiedEvent, fetcher: StripeFetcher | None) -> Fetched:
             unreadable(stub(thin), why)
             return Fetched(None, twin, f"not applied: {why}")
         obj = found or {"id": related.get("id"), "object": related.get("type"), "deleted": True}
-    data = _applied(thin, twin or thin.id, obj)
+    data = _applied(thin, twin or thin.id, obj, event_type)
     return Fetched(VerifiedEvent(data, json.dumps(data), observed_at=observed_at), twin)
 
 
-def _applied(thin: VerifiedEvent, event_id: str, obj: dict[str, Any]) -> dict[str, Any]:
+def _applied(
+    thin: VerifiedEvent, event_id: str, obj: dict[str, Any], event_type: str | None
+) -> dict[str, Any]:
     """The snapshot-shaped event the handlers see (and a twin's record keeps as payload)."""
     return {
         "id": event_id,
         "object": "event",
-        "type": snapshot_type(thin.type),
+        "type": event_type or snapshot_type(thin.type),
         "created": thin.created,
         "livemode": thin.livemode,
         "account": thin.account,
