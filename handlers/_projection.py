@@ -31,6 +31,7 @@ overwriting each other.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,8 @@ from google.cloud import firestore
 
 from handlers import on, registry
 from handlers._storable import storable_document
-from stripe_ledger.context import HandlerContext
+from stripe_ledger.context import HandlerContext, SettleFromApi
+from stripe_ledger.logs import log
 from stripe_ledger.verify import VerifiedEvent
 
 __all__ = [
@@ -164,9 +166,67 @@ class Projection:
         document = storable_document(self.document(ctx.received))
         # An event that does not order after the stored state (a late or older event, or a
         # replay of the one that wrote it) would not change the document: no write at all.
-        if current is not None and self.order(document) <= self.order(current):
+        if current is not None and not self.replaces(ctx.received, document, current):
             return
         ctx.tx.set(ref, document)
+
+    def replaces(
+        self, received: VerifiedEvent, document: Mapping[str, Any], current: Mapping[str, Any]
+    ) -> bool:
+        """Whether `document`, the state `received` carries, comes after `current`'s.
+
+        Raises `SettleFromApi` for two different states within one second when the event
+        can be settled from Stripe's API; without a key, logs a WARNING and applies the
+        deterministic rule (lifecycle rank, then event ID).
+        """
+        deleted, was_deleted = document.get("deleted") is True, current.get("deleted") is True
+        if deleted != was_deleted:
+            return deleted  # a deletion is final
+        if received.settles is not None and received.settles == current.get("last_event_id"):
+            return True  # read from the API after the stored state, to settle a conflict
+        new, old = document.get("last_event_created"), current.get("last_event_created")
+        if _after(new, old):
+            return True
+        if _after(old, new):
+            return False
+        if document.get("object") != current.get("object"):
+            stored_event = str(current.get("last_event_id") or "")
+            if received.settleable:
+                kind = str(received.object.get("object"))
+                raise SettleFromApi(kind, str(received.object_id), stored_event)
+            self._warn_unsettled(received, stored_event)
+        return self._tiebreak(document) > self._tiebreak(current)
+
+    def _tiebreak(self, document: Mapping[str, Any]) -> tuple[tuple[int, ...], str]:
+        obj = document.get("object")
+        return self.rank(obj if isinstance(obj, Mapping) else {}), str(
+            document.get("last_event_id") or ""
+        )
+
+    def _warn_unsettled(self, received: VerifiedEvent, stored_event: str) -> None:
+        log(
+            logging.WARNING,
+            f"{self.collection}/{received.object_id}: two different states within one "
+            f"second (events {stored_event} and {received.id}); the events alone cannot "
+            "order them, so the one further along the lifecycle (then the larger event ID) "
+            "is kept, which is wrong if the object went back (past_due to active); set "
+            "STRIPE_API_KEY to settle such conflicts from Stripe's API, or run "
+            "`stripe-ledger reconcile`",
+            event_id=received.id,
+            event_type=received.type,
+            object_id=received.object_id,
+            collection=self.collection,
+        )
+
+
+def _after(state_time: Any, other: Any) -> bool:
+    """Whether every moment `state_time` can stand for is later than every moment `other`
+    can. A state read from the API is as of one moment (a float, to the millisecond); an
+    event's `created` (an integer) says only which second its change happened in."""
+    time, other_time = float(state_time or 0), float(other or 0)
+    if isinstance(other, float):
+        return time > other_time
+    return time >= other_time + 1
 
 
 PROJECTIONS: list[Projection] = []

@@ -12,7 +12,11 @@ calls a layer below it. In order, it:
 4. for a thin event with a snapshot twin, claims the twin's record as well, so the change
    applies once whichever of the two arrives first,
 5. runs the unit of work (`processing.process_claimed`): the handlers and every claim's
-   completion in one transaction, or the failure recorded on every claim.
+   completion in one transaction, or the failure recorded on every claim. When a projection
+   finds two different states of its object within one second (`SettleFromApi`: the events
+   alone cannot order them), the object is read from Stripe's API with the same fetcher,
+   outside the transaction, and the unit of work runs again carrying the state read, which
+   wins; without a key the projection keeps its deterministic rule and logs a WARNING.
 
 Whatever stops it after the claim releases the claim: Stripe or Firestore unavailable gives
 the attempt back (never counted), anything else is recorded as the attempt's failure. So an
@@ -28,8 +32,9 @@ from typing import TYPE_CHECKING
 from google.cloud import firestore
 
 from stripe_ledger import thin
+from stripe_ledger.context import SettleFromApi
 from stripe_ledger.errors import ConfigurationError, LedgerUnavailable, StripeUnavailable
-from stripe_ledger.fetch import StripeFetcher, refetches
+from stripe_ledger.fetch import StripeFetcher, refetches, unreadable
 from stripe_ledger.ledger import RETRYABLE, Claim, EventLedger, Settled
 from stripe_ledger.outcomes import Delivery, Outcome
 from stripe_ledger.processing import describe, process_claimed
@@ -42,6 +47,10 @@ __all__ = ["process_event"]
 
 _RELEASED = (StripeUnavailable, ConfigurationError, LedgerUnavailable)
 """Errors after the claim that say nothing about the event: the attempt is given back."""
+
+_SETTLING_READS = 3
+"""API reads one delivery may make to settle same-second conflicts (each one only when the
+stored state changed again meanwhile); past them, the deterministic rule decides."""
 
 
 def process_event(
@@ -94,7 +103,9 @@ def process_event(
             error=describe(error),
             exception=error,
         )
-    delivery = process_claimed(applied, claims, db=db, ledger=ledger, registry=registry)
+    if fetcher is not None and fetcher.can_read(applied):
+        applied = dataclasses.replace(applied, settleable=True)
+    delivery = _unit_of_work(applied, claims, db, ledger, registry, fetcher)
     return dataclasses.replace(
         delivery, event_id=received.id, event_type=received.type, attempt=claim.attempt
     )
@@ -114,6 +125,49 @@ def _prepare(
     if fetcher is not None and refetches(ledger.settings, received):
         return fetcher.refetched(received), None, None
     return received, None, None
+
+
+def _unit_of_work(
+    applied: VerifiedEvent,
+    claims: list[Claim],
+    db: firestore.Client,
+    ledger: EventLedger,
+    registry: HandlerRegistry,
+    fetcher: StripeFetcher | None,
+) -> Delivery:
+    """`process_claimed`, settling each same-second conflict it meets from Stripe's API."""
+    for reads in range(_SETTLING_READS + 1):
+        try:
+            return process_claimed(applied, claims, db=db, ledger=ledger, registry=registry)
+        except SettleFromApi as conflict:
+            try:
+                applied = _settling(applied, conflict, fetcher, last=reads == _SETTLING_READS)
+            except _RELEASED as error:
+                for claim in claims:
+                    ledger.record_failure(claim, describe(error), counts=False)
+                raise
+    raise AssertionError("unreachable: the last run cannot raise SettleFromApi")
+
+
+def _settling(
+    applied: VerifiedEvent, conflict: SettleFromApi, fetcher: StripeFetcher | None, *, last: bool
+) -> VerifiedEvent:
+    """`applied` carrying its object's state read now, which replaces the conflicting stored
+    one; or, when it cannot be read (no more reads, a 404), not settleable (the rule then)."""
+    if fetcher is None or last:
+        return dataclasses.replace(applied, settleable=False)
+    observed_at = fetcher.clock()
+    current = fetcher.read_object(
+        conflict.object_type,
+        conflict.object_id,
+        deadline=fetcher.deadline(),
+        account=applied.account,
+    )
+    if current is None:
+        unreadable(applied, "Stripe's API answered 404 to this key")
+        return dataclasses.replace(applied, settleable=False)
+    read = applied.with_object(current, observed_at)
+    return dataclasses.replace(read, settles=conflict.stored_event_id)
 
 
 def _settled(received: VerifiedEvent, settled: Settled) -> Delivery:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -194,3 +195,135 @@ class TestFirestoreSizeRules:
         assert document["status"] == "succeeded"
         assert document["object_omitted"] == ["amount_details"]
         assert "amount_details" not in document["object"]
+
+
+def subscription_state(sub_id: str, status: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": sub_id,
+        "object": "subscription",
+        "status": status,
+        "customer": "cus_truth",
+        "items": {"object": "list", "data": [{"id": "si_1", "price": {"id": "price_1"}}]},
+        **fields,
+    }
+
+
+class TestTwoClocks:
+    def test_a_snapshot_of_the_second_of_a_read_is_not_skipped(
+        self, db: firestore.Client, fake: FakeStripe
+    ) -> None:
+        """Snapshot and thin destinations both deliver. Change 1 (`incomplete`) is read by its
+        thin event at X.884; change 2 (`active`) happens later in second X, and its snapshot
+        (`created` = X) arrives after the read. The events cannot order the two, so the API
+        is read: the projection ends `active`, and all four deliveries answer 2xx."""
+        service = service_for(db, fake)
+        second = int(time.time())
+        assert service.fetcher is not None
+        service.fetcher.clock = lambda: second + 0.884
+        sub_id = f"sub_{token()}"
+        incomplete = subscription_state(sub_id, "incomplete")
+        active = subscription_state(sub_id, "active")
+        s1 = make_event("customer.subscription.created", incomplete, created=second)
+        s2 = make_event("customer.subscription.updated", active, created=second)
+        t1 = thin_notification("v1.customer.subscription.created", incomplete)
+        t2 = thin_notification("v1.customer.subscription.updated", active)
+        publish(fake, t1, snapshot=s1["id"])
+        publish(fake, t2, snapshot=s2["id"])
+
+        fake.put_object(incomplete)
+        assert deliver(service, t1).outcome is Outcome.COMPLETED
+        fake.put_object(active)  # change 2, later in the same second
+        for event in (s2, s1, t2):
+            assert deliver(service, event).outcome in (Outcome.COMPLETED, Outcome.DUPLICATE)
+        document = stored(db, "subscriptions", sub_id)
+        assert document["status"] == "active"
+        assert document["object"] == active
+
+
+CONFLICTS: dict[
+    str, tuple[str, str, Callable[[str], dict[str, Any]], Callable[[str], dict[str, Any]]]
+] = {
+    "subscription_retry_succeeds": (
+        "customer.subscription.updated",
+        "subscriptions",
+        lambda object_id: subscription_state(object_id, "past_due"),
+        lambda object_id: subscription_state(object_id, "active"),
+    ),
+    "payment_intent_card_declined": (
+        "payment_intent.requires_action",
+        "payments",
+        lambda object_id: {
+            "id": object_id,
+            "object": "payment_intent",
+            "status": "requires_action",
+            "amount": 500,
+        },
+        lambda object_id: {
+            "id": object_id,
+            "object": "payment_intent",
+            "status": "requires_payment_method",
+            "amount": 500,
+        },
+    ),
+}
+
+
+class TestSameSecondConflicts:
+    def events(self, case: str, object_id: str) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+        event_type, collection, before, after = CONFLICTS[case]
+        second = int(time.time())
+        earlier = make_event(event_type, before(object_id), created=second)
+        later = make_event(event_type, after(object_id), created=second)
+        return collection, [earlier, later], after(object_id)
+
+    @pytest.mark.parametrize("case", sorted(CONFLICTS))
+    @pytest.mark.parametrize("reverse", [False, True], ids=["in_order", "reversed"])
+    def test_with_a_key_the_api_settles_it(
+        self, db: firestore.Client, fake: FakeStripe, case: str, reverse: bool
+    ) -> None:
+        """Two changes in one second going back along the lifecycle (a retry succeeds, a card
+        is declined): in either delivery order the projection ends at the API's state, for
+        one API read on the tie."""
+        service = service_for(db, fake)
+        prefix = "sub" if case.startswith("sub") else "pi"
+        collection, events, truth = self.events(case, f"{prefix}_{token()}")
+        fake.put_object(truth)
+        for event in reversed(events) if reverse else events:
+            assert deliver(service, event).outcome is Outcome.COMPLETED
+        document = stored(db, collection, truth["id"])
+        assert (document["status"], document["object"]) == (truth["status"], truth)
+        assert len(fake.requests) == 1
+
+    @pytest.mark.parametrize("reverse", [False, True], ids=["in_order", "reversed"])
+    def test_without_a_key_the_rule_decides_and_warns(
+        self, db: firestore.Client, reverse: bool
+    ) -> None:
+        """No key: the documented rule (further along the lifecycle) keeps `past_due`, in
+        either order, and a WARNING names the object and how to settle it."""
+        service = service_for(db)
+        collection, events, _ = self.events("subscription_retry_succeeds", f"sub_{token()}")
+        with logged() as records:
+            for event in reversed(events) if reverse else events:
+                assert deliver(service, event).outcome is Outcome.COMPLETED
+        sub_id = events[0]["data"]["object"]["id"]
+        assert stored(db, collection, sub_id)["status"] == "past_due"
+        messages = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+        assert any(sub_id in message and "STRIPE_API_KEY" in message for message in messages)
+
+    def test_the_same_state_twice_costs_no_read(
+        self, db: firestore.Client, fake: FakeStripe
+    ) -> None:
+        """`invoice.paid` and `invoice.payment_succeeded` carry one state: no conflict."""
+        service = service_for(db, fake)
+        invoice: dict[str, Any] = {
+            "id": f"in_{token()}",
+            "object": "invoice",
+            "status": "paid",
+            "amount_paid": 9,
+        }
+        second = int(time.time())
+        for event_type in ("invoice.paid", "invoice.payment_succeeded"):
+            event = make_event(event_type, invoice, created=second)
+            assert deliver(service, event).outcome is Outcome.COMPLETED
+        assert fake.requests == []
+        assert stored(db, "invoices", invoice["id"])["status"] == "paid"
