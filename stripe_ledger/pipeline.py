@@ -136,32 +136,39 @@ def _unit_of_work(
     fetcher: StripeFetcher | None,
 ) -> Delivery:
     """`process_claimed`, settling each same-second conflict it meets from Stripe's API."""
-    for reads in range(_SETTLING_READS + 1):
+    reads = 0
+    deadline = fetcher.deadline() if fetcher is not None else 0.0  # shared by every read
+    while True:
         try:
             return process_claimed(applied, claims, db=db, ledger=ledger, registry=registry)
         except SettleFromApi as conflict:
+            reads += 1
             try:
-                applied = _settling(applied, conflict, fetcher, last=reads == _SETTLING_READS)
+                applied = _settling(
+                    applied, conflict, fetcher, deadline, last=reads > _SETTLING_READS
+                )
             except _RELEASED as error:
                 for claim in claims:
                     ledger.record_failure(claim, describe(error), counts=False)
                 raise
-    raise AssertionError("unreachable: the last run cannot raise SettleFromApi")
 
 
 def _settling(
-    applied: VerifiedEvent, conflict: SettleFromApi, fetcher: StripeFetcher | None, *, last: bool
+    applied: VerifiedEvent,
+    conflict: SettleFromApi,
+    fetcher: StripeFetcher | None,
+    deadline: float,
+    *,
+    last: bool,
 ) -> VerifiedEvent:
     """`applied` carrying its object's state read now, which replaces the conflicting stored
-    one; or, when it cannot be read (no more reads, a 404), not settleable (the rule then)."""
+    one; or, when it cannot be read (no more reads, a 404), not settleable: the next run
+    applies the deterministic rule (and cannot ask again)."""
     if fetcher is None or last:
         return dataclasses.replace(applied, settleable=False)
     observed_at = fetcher.clock()
     current = fetcher.read_object(
-        conflict.object_type,
-        conflict.object_id,
-        deadline=fetcher.deadline(),
-        account=applied.account,
+        conflict.object_type, conflict.object_id, deadline=deadline, account=applied.account
     )
     if current is None:
         unreadable(applied, "Stripe's API answered 404 to this key")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from stripe_ledger.config import Settings
 from stripe_ledger.outcomes import Delivery, Outcome
 from stripe_ledger.registry import import_handler_modules
 from stripe_ledger.service import WebhookService
-from tests.fake_stripe import FakeStripe
+from tests.fake_stripe import FakeStripe, Request, Response
 from tests.support import SECRET, logged, make_event, sign
 from tests.test_thin_events import publish, thin_notification
 
@@ -327,3 +328,45 @@ class TestSameSecondConflicts:
             assert deliver(service, event).outcome is Outcome.COMPLETED
         assert fake.requests == []
         assert stored(db, "invoices", invoice["id"])["status"] == "paid"
+
+    def test_a_conflict_the_api_cannot_read_falls_back_to_the_rule(
+        self, db: firestore.Client, fake: FakeStripe
+    ) -> None:
+        """The key cannot see the object (404): the rule decides, never a deletion, and the
+        event completes after one read."""
+        service = service_for(db, fake)
+        collection, events, _ = self.events("subscription_retry_succeeds", f"sub_{token()}")
+        with logged() as records:
+            for event in events:
+                assert deliver(service, event).outcome is Outcome.COMPLETED
+        sub_id = events[0]["data"]["object"]["id"]
+        document = stored(db, collection, sub_id)
+        assert (document["status"], document["deleted"]) == ("past_due", False)
+        assert len(fake.requests) == 1
+        assert any(sub_id in r.getMessage() for r in records)
+
+    def test_a_state_that_keeps_changing_is_read_at_most_three_times(
+        self, db: firestore.Client, fake: FakeStripe
+    ) -> None:
+        """Each read answers a new state of the same second while another delivery keeps
+        rewriting the document: the delivery stops reading after three and applies the rule."""
+        service = service_for(db, fake)
+        collection, events, truth = self.events("subscription_retry_succeeds", f"sub_{token()}")
+        ref = db.collection(collection).document(truth["id"])
+        assert service.fetcher is not None
+        second = events[0]["created"]
+        service.fetcher.clock = lambda: second + 0.5  # every read within the events' second
+        assert deliver(service, events[0]).outcome is Outcome.COMPLETED
+        first = ref.get().to_dict() or {}
+
+        @fake.route("GET", rf"/v1/subscriptions/{truth['id']}")
+        def moving(request: Request, match: re.Match[str]) -> Response:
+            # Another delivery's state lands after every read: the read no longer settles.
+            ref.set({**first, "last_event_id": f"evt_other{len(fake.requests)}"})
+            return Response(200, truth)
+
+        fake._routes.insert(0, fake._routes.pop())
+        with logged() as records:
+            assert deliver(service, events[1]).outcome is Outcome.COMPLETED
+        assert len(fake.requests) == 3
+        assert any(truth["id"] in r.getMessage() for r in records)
