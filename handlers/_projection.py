@@ -1,27 +1,32 @@
-"""Projections: one Firestore document per Stripe object, kept at the newest state seen.
+"""Projections: one Firestore document per Stripe object, ending at Stripe's state.
 
-Stripe delivers events late, twice and out of order, so a projection is written only by an
-event that *orders after* the one that last wrote it. Every event's state has a place in a
-total order on `(deleted, created, rank, event id)`:
+Stripe delivers events late, twice and out of order, so a projection is written only by a
+state that comes *after* the one that last wrote it (`Projection.replaces`):
 
 1. a deletion is final: a document marked deleted is only ever replaced by another deletion
-   that orders after it, never resurrected by a late update;
-2. a newer `created` wins (Stripe's timestamps have one-second resolution). A state read from
-   Stripe's API (thin events, refetch mode) is as of the moment it was read, not the event's
-   `created`: `last_event_created` then holds that moment, to the millisecond, so that no
-   event older than the read overwrites it;
-3. within the same second, the state further along the object's lifecycle wins (`rank`: the
-   stage of `status`, e.g. a subscription's `canceled` over `past_due` over `active`, then
-   counters that only grow, e.g. a charge's `amount_refunded`);
-4. what is left (same second, same rank) goes to the larger event ID.
+   that comes after it, never resurrected by a late update; only Stripe's word deletes;
+2. a later state wins, on two clocks: an event's `created` says only which second its change
+   happened in, a state read from Stripe's API (thin events, refetch mode) is as of the
+   moment it was read, to the millisecond (`last_event_created` then holds that float). A
+   state comes after another only if every moment it can stand for is later, so no state is
+   skipped because of the precision of a timestamp;
+3. two different states that the clocks cannot order (within one second) are a same-second
+   conflict: when the event can be settled from the API (`VerifiedEvent.settleable`, a key
+   is set) the projection raises `SettleFromApi`, and the pipeline reads the object and
+   applies the event again with the state read, which wins (`VerifiedEvent.settles`);
+   without a key, the state further along the object's lifecycle wins (`rank`, then
+   counters that only grow), then the larger event ID, and a WARNING says the rule may be
+   wrong (an object that went back, `past_due` to `active`). The same state twice (one
+   change's several events) is no conflict.
 
-The document therefore always holds the state of the greatest event delivered so far, which
-does not depend on the order of delivery, and an event that does not order after the stored
-state (a late or older event, or a replay) writes nothing. Each document holds the projected
-fields at top level under Stripe's names (null where the object lacks them), plus `livemode`,
-`account`, `last_event_id`, `last_event_created`, and the whole object under `object`
-(adapted where Firestore's limits require, see `handlers._storable`); the rank of a stored
-state is computed again from its `object`.
+Without a key the order is total, so the document holds the state of the greatest event
+delivered so far whatever the delivery order; with one, it ends at the API's state. An event
+that does not come after the stored state (a late or older event, or a replay) writes
+nothing. Each document holds the projected fields at top level under Stripe's names (null
+where the object lacks them), plus `livemode`, `account`, `last_event_id`,
+`last_event_created`, and the whole object under `object` (adapted where Firestore's limits
+require, see `handlers._storable`); the rank of a stored state is computed again from its
+`object`.
 
 A projection reads its document through the event's transaction (declared with `reads=`, so
 it is fetched in the one batched read before any handler runs) and writes in the same
@@ -150,7 +155,8 @@ class Projection:
         return tuple(value for rank in self.ranks for value in rank(obj))
 
     def order(self, document: Mapping[str, Any]) -> tuple[bool, float, tuple[int, ...], str]:
-        """Where the state in `document` stands in the projection's total order."""
+        """Where the state in `document` stands in the total order of snapshot states (what
+        `replaces` amounts to without a key)."""
         obj = document.get("object")
         return (
             document.get("deleted") is True,
