@@ -1,27 +1,32 @@
-"""Projections: one Firestore document per Stripe object, kept at the newest state seen.
+"""Projections: one Firestore document per Stripe object, ending at Stripe's state.
 
-Stripe delivers events late, twice and out of order, so a projection is written only by an
-event that *orders after* the one that last wrote it. Every event's state has a place in a
-total order on `(deleted, created, rank, event id)`:
+Stripe delivers events late, twice and out of order, so a projection is written only by a
+state that comes *after* the one that last wrote it (`Projection.replaces`):
 
 1. a deletion is final: a document marked deleted is only ever replaced by another deletion
-   that orders after it, never resurrected by a late update;
-2. a newer `created` wins (Stripe's timestamps have one-second resolution). A state read from
-   Stripe's API (thin events, refetch mode) is as of the moment it was read, not the event's
-   `created`: `last_event_created` then holds that moment, to the millisecond, so that no
-   event older than the read overwrites it;
-3. within the same second, the state further along the object's lifecycle wins (`rank`: the
-   stage of `status`, e.g. a subscription's `canceled` over `past_due` over `active`, then
-   counters that only grow, e.g. a charge's `amount_refunded`);
-4. what is left (same second, same rank) goes to the larger event ID.
+   that comes after it, never resurrected by a late update; only Stripe's word deletes;
+2. a later state wins, on two clocks: an event's `created` says only which second its change
+   happened in, a state read from Stripe's API (thin events, refetch mode) is as of the
+   moment it was read, to the millisecond (`last_event_created` then holds that float). A
+   state comes after another only if every moment it can stand for is later, so no state is
+   skipped because of the precision of a timestamp;
+3. two different states that the clocks cannot order (within one second) are a same-second
+   conflict: when the event can be settled from the API (`VerifiedEvent.settleable`, a key
+   is set) the projection raises `SettleFromApi`, and the pipeline reads the object and
+   applies the event again with the state read, which wins (`VerifiedEvent.settles`);
+   without a key, the state further along the object's lifecycle wins (`rank`, then
+   counters that only grow), then the larger event ID, and a WARNING says the rule may be
+   wrong (an object that went back, `past_due` to `active`). The same state twice (one
+   change's several events) is no conflict.
 
-The document therefore always holds the state of the greatest event delivered so far, which
-does not depend on the order of delivery, and an event that does not order after the stored
-state (a late or older event, or a replay) writes nothing. Each document holds the projected
-fields at top level under Stripe's names (null where the object lacks them), plus `livemode`,
-`account`, `last_event_id`, `last_event_created`, and the whole object under `object`
-(adapted where Firestore's limits require, see `handlers._storable`); the rank of a stored
-state is computed again from its `object`.
+Without a key the order is total, so the document holds the state of the greatest event
+delivered so far whatever the delivery order; with one, it ends at the API's state. An event
+that does not come after the stored state (a late or older event, or a replay) writes
+nothing. Each document holds the projected fields at top level under Stripe's names (null
+where the object lacks them), plus `livemode`, `account`, `last_event_id`,
+`last_event_created`, and the whole object under `object` (adapted where Firestore's limits
+require, see `handlers._storable`); the rank of a stored state is computed again from its
+`object`.
 
 A projection reads its document through the event's transaction (declared with `reads=`, so
 it is fetched in the one batched read before any handler runs) and writes in the same
@@ -31,15 +36,17 @@ overwriting each other.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from google.cloud import firestore
 
-from handlers import on
+from handlers import on, registry
 from handlers._storable import storable_document
-from stripe_ledger.context import HandlerContext
+from stripe_ledger.context import HandlerContext, SettleFromApi
+from stripe_ledger.logs import log
 from stripe_ledger.verify import VerifiedEvent
 
 __all__ = [
@@ -152,7 +159,8 @@ class Projection:
         return tuple(value for rank in self.ranks for value in rank(obj))
 
     def order(self, document: Mapping[str, Any]) -> tuple[bool, float, tuple[int, ...], str]:
-        """Where the state in `document` stands in the projection's total order."""
+        """Where the state in `document` stands in the total order of snapshot states (what
+        `replaces` amounts to without a key)."""
         obj = document.get("object")
         return (
             document.get("deleted") is True,
@@ -168,9 +176,67 @@ class Projection:
         document = storable_document(self.document(ctx.received))
         # An event that does not order after the stored state (a late or older event, or a
         # replay of the one that wrote it) would not change the document: no write at all.
-        if current is not None and self.order(document) <= self.order(current):
+        if current is not None and not self.replaces(ctx.received, document, current):
             return
         ctx.tx.set(ref, document)
+
+    def replaces(
+        self, received: VerifiedEvent, document: Mapping[str, Any], current: Mapping[str, Any]
+    ) -> bool:
+        """Whether `document`, the state `received` carries, comes after `current`'s.
+
+        Raises `SettleFromApi` for two different states within one second when the event
+        can be settled from Stripe's API; without a key, logs a WARNING and applies the
+        deterministic rule (lifecycle rank, then event ID).
+        """
+        deleted, was_deleted = document.get("deleted") is True, current.get("deleted") is True
+        if deleted != was_deleted:
+            return deleted  # a deletion is final
+        if received.settles is not None and received.settles == current.get("last_event_id"):
+            return True  # read from the API after the stored state, to settle a conflict
+        new, old = document.get("last_event_created"), current.get("last_event_created")
+        if _after(new, old):
+            return True
+        if _after(old, new):
+            return False
+        if document.get("object") != current.get("object"):
+            stored_event = str(current.get("last_event_id") or "")
+            if received.settleable:
+                kind = str(received.object.get("object"))
+                raise SettleFromApi(kind, str(received.object_id), stored_event)
+            self._warn_unsettled(received, stored_event)
+        return self._tiebreak(document) > self._tiebreak(current)
+
+    def _tiebreak(self, document: Mapping[str, Any]) -> tuple[tuple[int, ...], str]:
+        obj = document.get("object")
+        return self.rank(obj if isinstance(obj, Mapping) else {}), str(
+            document.get("last_event_id") or ""
+        )
+
+    def _warn_unsettled(self, received: VerifiedEvent, stored_event: str) -> None:
+        log(
+            logging.WARNING,
+            f"{self.collection}/{received.object_id}: two different states within one "
+            f"second (events {stored_event} and {received.id}); the events alone cannot "
+            "order them, so the one further along the lifecycle (then the larger event ID) "
+            "is kept, which is wrong if the object went back (past_due to active); set "
+            "STRIPE_API_KEY to settle such conflicts from Stripe's API, or run "
+            "`stripe-ledger reconcile`",
+            event_id=received.id,
+            event_type=received.type,
+            object_id=received.object_id,
+            collection=self.collection,
+        )
+
+
+def _after(state_time: Any, other: Any) -> bool:
+    """Whether every moment `state_time` can stand for is later than every moment `other`
+    can. A state read from the API is as of one moment (a float, to the millisecond); an
+    event's `created` (an integer) says only which second its change happened in."""
+    time, other_time = float(state_time or 0), float(other or 0)
+    if isinstance(other, float):
+        return time > other_time
+    return time >= other_time + 1
 
 
 PROJECTIONS: list[Projection] = []
@@ -178,12 +244,19 @@ PROJECTIONS: list[Projection] = []
 imported): their collections are what the deployment exempts, indexes and locks."""
 
 
-def register_projection(projection: Projection, *event_types: str) -> None:
+def register_projection(
+    projection: Projection, *event_types: str, family: tuple[str, str] | None = None
+) -> None:
     """Register `projection` as the handler of `event_types`, with its read declared.
 
     It applies only to events whose object has an ID, so the others are recorded `ignored`.
+    `family` is `(object type, event type)`: a thin event of a type no handler takes about an
+    object of that type (a thin-only type, `v1.customer.subscription.past_due`) runs that
+    event type's handlers on the fetched object (`HandlerRegistry.family`).
     """
     PROJECTIONS.append(projection)
+    if family is not None:
+        registry.family(*family)
 
     def reads(ctx: HandlerContext) -> list[firestore.DocumentReference]:
         return [projection.ref(ctx)]

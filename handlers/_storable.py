@@ -4,13 +4,24 @@ Real Stripe objects almost always fit, but a signed event is stored whatever it 
 write Firestore refuses fails the event on every redelivery until it is dead-lettered. So the
 projection document is adapted, at the few places Firestore's limits require:
 
-- map keys Firestore reserves (`__name__`-style, which Stripe allows in `metadata`) get a
-  `~` appended;
+- map keys Firestore refuses or reserves (the empty key; `__name__`-style, which Stripe allows
+  in `metadata`) get a `~` appended;
+- integers outside Firestore's 64-bit range are stored as their decimal text;
 - maps and arrays deeper than Firestore's 20 levels, and arrays directly inside arrays, are
   stored as their JSON text;
-- if the document would still exceed Firestore's 1 MiB, the largest top-level fields of
-  `object` are left out, largest first, and named in `object_omitted` (the event's ledger
-  record keeps the full payload).
+- if the document would still exceed Firestore's 1 MiB, or its 40,000 index entries, the
+  largest top-level fields of `object` are left out, largest first, and named in
+  `object_omitted` (the event's ledger record keeps the full payload); a projected field that
+  alone is too large is stored as null and named in `fields_omitted`.
+
+Every path changed by the first three rules is named in `object_adapted` (`metadata.__x__`,
+`object.lines`), so that an app can tell an adapted document from Stripe's object.
+
+Sizes are counted by Firestore's own rules (cloud.google.com/firestore/docs/storage-size),
+not as JSON text: a string is its UTF-8 bytes + 1, a number or timestamp 8 bytes, a boolean
+or null 1, a map the sum of its keys (as strings) and values, an array the sum of its
+elements, plus the document's name and 32 bytes. So `[0, 0, ...]` counts 8 bytes an element,
+where its JSON counts 2.
 """
 
 from __future__ import annotations
@@ -20,50 +31,120 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MAX_DEPTH", "MAX_DOCUMENT_BYTES", "storable_document"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_DOCUMENT_BYTES",
+    "MAX_INDEX_ENTRIES",
+    "firestore_size",
+    "index_entries",
+    "storable_document",
+]
 
 MAX_DEPTH = 20
 """Firestore's maximum depth of nested maps and arrays; a top-level field is at depth 1."""
 
-MAX_DOCUMENT_BYTES = 1_000_000
-"""Below Firestore's 1 MiB per document, with room for its per-field overhead."""
+MAX_DOCUMENT_BYTES = 1_048_576 - 32 - 1_600 - 4_096
+"""Firestore's 1 MiB per document, less its 32 bytes of overhead, the longest document name
+(a 1,500-byte ID in a collection) and room for the bookkeeping fields."""
 
+MAX_INDEX_ENTRIES = 40_000
+"""Firestore's maximum index entries per document (counted as if every field were indexed:
+the terraform exempts `object`, but an unexempted database indexes it)."""
+
+_INT64 = range(-(2**63), 2**63)
 _RESERVED_KEY = re.compile(r"^__.*__$", re.DOTALL)
+_MAX_ADAPTED_NAMED = 50
+_BOOKKEEPING = frozenset(
+    {"object", "livemode", "account", "last_event_id", "last_event_created", "deleted"}
+)
 
 
 def storable_document(document: Mapping[str, Any]) -> dict[str, Any]:
     """`document` (with the Stripe object under `object`) adapted to Firestore's limits."""
-    stored: dict[str, Any] = _storable(document, depth=0)
+    adapted: list[str] = []
+    stored: dict[str, Any] = _storable(document, depth=0, path="", adapted=adapted)
     obj = stored.get("object")
-    if isinstance(obj, dict) and _size(stored) > MAX_DOCUMENT_BYTES:
-        excess = _size(stored) - MAX_DOCUMENT_BYTES
+    if isinstance(obj, dict) and _too_large(stored):
         omitted = []
-        for key in sorted(obj, key=lambda key: _size(obj[key]), reverse=True):
-            if excess <= 0:
+        for key in sorted(obj, key=lambda key: _cost(obj[key]), reverse=True):
+            if not _too_large(stored):
                 break
-            excess -= _size(obj[key])
             omitted.append(key)
-        stored["object"] = {key: value for key, value in obj.items() if key not in omitted}
+            stored["object"] = {key: value for key, value in obj.items() if key not in omitted}
         stored["object_omitted"] = sorted(omitted)
+    if _too_large(stored):
+        fields_omitted = []
+        for key in sorted(stored, key=lambda key: _cost(stored[key]), reverse=True):
+            if not _too_large(stored):
+                break
+            if key not in _BOOKKEEPING and stored[key] is not None:
+                stored[key] = None
+                fields_omitted.append(key)
+        stored["fields_omitted"] = sorted(fields_omitted)
+    if adapted:
+        stored["object_adapted"] = sorted(set(adapted))[:_MAX_ADAPTED_NAMED]
     return stored
 
 
-def _storable(value: Any, depth: int, in_array: bool = False) -> Any:
-    """`value`, at `depth` in the document, made storable (see the module docstring)."""
+def _storable(value: Any, depth: int, path: str, adapted: list[str], in_array: bool = False) -> Any:
+    """`value`, at `depth` in the document, made storable (see the module docstring); each
+    path changed is appended to `adapted`."""
     if isinstance(value, Mapping | list) and (
         depth >= MAX_DEPTH or (in_array and isinstance(value, list))
     ):
+        adapted.append(path)
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, Mapping):
-        return {
-            f"{key}~" if _RESERVED_KEY.match(key) else key: _storable(item, depth + 1)
-            for key, item in value.items()
-        }
+        stored = {}
+        for key, item in value.items():
+            key = str(key)
+            inner = f"{path}.{key}" if path else key
+            if not key or _RESERVED_KEY.match(key):
+                adapted.append(inner)
+                key = f"{key}~"
+            stored[key] = _storable(item, depth + 1, inner, adapted)
+        return stored
     if isinstance(value, list):
-        return [_storable(item, depth + 1, in_array=True) for item in value]
+        return [_storable(item, depth + 1, path, adapted, in_array=True) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        adapted.append(path)
+        return str(value)
     return value
 
 
-def _size(value: Any) -> int:
-    """About the bytes Firestore counts for `value` (its UTF-8 JSON, a slight overestimate)."""
-    return len(json.dumps(value, ensure_ascii=False).encode())
+def _too_large(document: Mapping[str, Any]) -> bool:
+    return (
+        firestore_size(document) > MAX_DOCUMENT_BYTES or index_entries(document) > MAX_INDEX_ENTRIES
+    )
+
+
+def _cost(value: Any) -> tuple[int, int]:
+    return firestore_size(value), index_entries(value)
+
+
+def firestore_size(value: Any) -> int:
+    """The bytes Firestore counts for `value` (a document's fields, as a map, count as the
+    map's keys and values)."""
+    if isinstance(value, str):
+        return len(value.encode()) + 1
+    if isinstance(value, bool) or value is None:
+        return 1
+    if isinstance(value, int | float):
+        return 8
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(len(str(key).encode()) + 1 + firestore_size(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return sum(firestore_size(item) for item in value)
+    return 8  # timestamps, geo points, references' IDs: about their fixed size
+
+
+def index_entries(value: Any) -> int:
+    """About the single-field index entries Firestore keeps for `value`: an ascending and a
+    descending entry for every value, and an array-contains entry for every array element."""
+    if isinstance(value, Mapping):
+        return sum(index_entries(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return 2 + sum(1 + index_entries(item) for item in value)
+    return 2

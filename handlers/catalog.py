@@ -41,5 +41,5 @@ PRICES = Projection(
     deleting=frozenset({"price.deleted"}),
 )
 
-register_projection(PRODUCTS, "product.*")
-register_projection(PRICES, "price.*")
+register_projection(PRODUCTS, "product.*", family=("product", "product.updated"))
+register_projection(PRICES, "price.*", family=("price", "price.updated"))

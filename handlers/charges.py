@@ -33,4 +33,5 @@ register_projection(
     "charge.refunded",
     "charge.updated",
     "charge.expired",
+    family=("charge", "charge.updated"),
 )

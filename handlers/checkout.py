@@ -11,6 +11,7 @@ CHECKOUT_SESSIONS = Projection(
         "payment_status": obj.get("payment_status"),
         "mode": obj.get("mode"),
         "customer": reference(obj.get("customer")),
+        "customer_account": reference(obj.get("customer_account")),
         "subscription": reference(obj.get("subscription")),
         "payment_intent": reference(obj.get("payment_intent")),
     },
@@ -26,4 +27,5 @@ register_projection(
     "checkout.session.async_payment_succeeded",
     "checkout.session.async_payment_failed",
     "checkout.session.expired",
+    family=("checkout.session", "checkout.session.completed"),
 )

@@ -16,4 +16,10 @@ CUSTOMERS = Projection(
     deleting=frozenset({"customer.deleted"}),
 )
 
-register_projection(CUSTOMERS, "customer.created", "customer.updated", "customer.deleted")
+register_projection(
+    CUSTOMERS,
+    "customer.created",
+    "customer.updated",
+    "customer.deleted",
+    family=("customer", "customer.updated"),
+)

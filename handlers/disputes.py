@@ -24,4 +24,4 @@ DISPUTES = Projection(
     ),
 )
 
-register_projection(DISPUTES, "charge.dispute.*")
+register_projection(DISPUTES, "charge.dispute.*", family=("dispute", "charge.dispute.updated"))

@@ -3,6 +3,11 @@
 The invoice's subscription is `invoice.subscription` up to 2025-02-24.acacia and
 `invoice.parent.subscription_details.subscription` from 2025-03-31.basil; both are read.
 `invoice.upcoming` carries no invoice ID (the invoice does not exist yet), so it is ignored.
+`invoice.overpaid` (a payment above `amount_due`: `amount_paid` changes),
+`invoice.finalization_failed` and `invoice.payment_attempt_required` follow a change of the
+invoice and are projected. `invoice.sent`, `invoice.overdue` and `invoice.will_be_due` are
+not: they report an e-mail or the passing of a due date, change no field of the invoice, and
+would only cost a write (docs/projections.md).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ def invoice_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "status": obj.get("status"),
         "customer": reference(obj.get("customer")),
+        "customer_account": reference(obj.get("customer_account")),
         "subscription": _subscription(obj),
         "amount_due": obj.get("amount_due"),
         "amount_paid": obj.get("amount_paid"),
@@ -59,4 +65,8 @@ register_projection(
     "invoice.marked_uncollectible",
     "invoice.voided",
     "invoice.deleted",
+    "invoice.overpaid",
+    "invoice.finalization_failed",
+    "invoice.payment_attempt_required",
+    family=("invoice", "invoice.updated"),
 )

@@ -12,6 +12,7 @@ PAYMENTS = Projection(
         "amount_received": obj.get("amount_received"),
         "currency": obj.get("currency"),
         "customer": reference(obj.get("customer")),
+        "customer_account": reference(obj.get("customer_account")),
     },
     ranks=(
         lifecycle(
@@ -26,4 +27,6 @@ PAYMENTS = Projection(
     ),
 )
 
-register_projection(PAYMENTS, "payment_intent.*")
+register_projection(
+    PAYMENTS, "payment_intent.*", family=("payment_intent", "payment_intent.updated")
+)

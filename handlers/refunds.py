@@ -11,11 +11,17 @@ REFUNDS = Projection(
         "amount": obj.get("amount"),
         "charge": reference(obj.get("charge")),
         "payment_intent": reference(obj.get("payment_intent")),
+        "customer_account": reference(obj.get("customer_account")),
     },
     # A refund that succeeded can still fail later (the bank returns it).
     ranks=(lifecycle(("pending", "requires_action"), "succeeded", ("failed", "canceled")),),
 )
 
 register_projection(
-    REFUNDS, "refund.created", "refund.updated", "refund.failed", "charge.refund.updated"
+    REFUNDS,
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "charge.refund.updated",
+    family=("refund", "refund.updated"),
 )

@@ -2,8 +2,9 @@
 
 Subscriptions changed shape across API versions, and both shapes are read:
 - the billing period is on the subscription up to 2025-02-24.acacia, and on each of its items
-  from 2025-03-31.basil; with items whose periods differ, the earliest start and the earliest
-  end (the next renewal of any item) are projected;
+  from 2025-03-31.basil; with items whose periods differ, the period is Stripe's own for the
+  subscription (what its list filters match): the latest item start and the earliest item end,
+  the span in which every item is in its current period, ending at the next renewal of any;
 - prices are `items.data[].price`, or `items.data[].plan` (or a top-level `plan`) in old
   versions;
 - `quantity` is top-level in old versions; otherwise the quantity of the only item, or null.
@@ -43,7 +44,9 @@ def _period(obj: Mapping[str, Any], key: str) -> Any:
     if obj.get(key) is not None:
         return obj[key]
     values = [item[key] for item in _items(obj) if isinstance(item.get(key), int)]
-    return min(values) if values else None
+    if not values:
+        return None
+    return max(values) if key == "current_period_start" else min(values)
 
 
 def subscription_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -51,6 +54,7 @@ def subscription_fields(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "status": obj.get("status"),
         "customer": reference(obj.get("customer")),
+        "customer_account": reference(obj.get("customer_account")),
         "price_ids": _price_ids(obj),
         "quantity": _quantity(obj),
         "current_period_start": _period(obj, "current_period_start"),
@@ -87,4 +91,5 @@ register_projection(
     "customer.subscription.pending_update_applied",
     "customer.subscription.pending_update_expired",
     "customer.subscription.trial_will_end",
+    family=("subscription", "customer.subscription.updated"),
 )

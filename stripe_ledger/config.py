@@ -20,6 +20,7 @@ BUILTIN_HANDLER_MODULES: tuple[str, ...] = (
     "handlers.customers",
     "handlers.subscriptions",
     "handlers.invoices",
+    "handlers.invoice_payments",
     "handlers.payment_intents",
     "handlers.charges",
     "handlers.refunds",

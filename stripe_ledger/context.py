@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from stripe_ledger.verify import VerifiedEvent
 
-__all__ = ["HandlerContext", "ReadAfterWrite", "Tasks"]
+__all__ = ["HandlerContext", "ReadAfterWrite", "SettleFromApi", "Tasks"]
 
 
 class Tasks(Protocol):
@@ -28,6 +28,19 @@ class Tasks(Protocol):
 
 class ReadAfterWrite(RuntimeError):
     """A handler read a document that an earlier handler already wrote in this transaction."""
+
+
+class SettleFromApi(Exception):
+    """Raised by a handler when the events alone cannot order two states of one object (two
+    different states within one second): the pipeline rolls the transaction back, reads the
+    object from Stripe's API (outside any transaction) and runs the event again carrying
+    the state it read. Never recorded as a failure."""
+
+    def __init__(self, object_type: str, object_id: str, stored_event_id: str) -> None:
+        super().__init__(f"same-second conflict on {object_type} {object_id}")
+        self.object_type = object_type
+        self.object_id = object_id
+        self.stored_event_id = stored_event_id
 
 
 class HandlerContext:

@@ -12,7 +12,11 @@ calls a layer below it. In order, it:
 4. for a thin event with a snapshot twin, claims the twin's record as well, so the change
    applies once whichever of the two arrives first,
 5. runs the unit of work (`processing.process_claimed`): the handlers and every claim's
-   completion in one transaction, or the failure recorded on every claim.
+   completion in one transaction, or the failure recorded on every claim. When a projection
+   finds two different states of its object within one second (`SettleFromApi`: the events
+   alone cannot order them), the object is read from Stripe's API with the same fetcher,
+   outside the transaction, and the unit of work runs again carrying the state read, which
+   wins; without a key the projection keeps its deterministic rule and logs a WARNING.
 
 Whatever stops it after the claim releases the claim: Stripe or Firestore unavailable gives
 the attempt back (never counted), anything else is recorded as the attempt's failure. So an
@@ -28,8 +32,9 @@ from typing import TYPE_CHECKING
 from google.cloud import firestore
 
 from stripe_ledger import thin
+from stripe_ledger.context import SettleFromApi
 from stripe_ledger.errors import ConfigurationError, LedgerUnavailable, StripeUnavailable
-from stripe_ledger.fetch import StripeFetcher, refetches
+from stripe_ledger.fetch import StripeFetcher, refetches, unreadable
 from stripe_ledger.ledger import RETRYABLE, Claim, EventLedger, Settled
 from stripe_ledger.outcomes import Delivery, Outcome
 from stripe_ledger.processing import describe, process_claimed
@@ -42,6 +47,10 @@ __all__ = ["process_event"]
 
 _RELEASED = (StripeUnavailable, ConfigurationError, LedgerUnavailable)
 """Errors after the claim that say nothing about the event: the attempt is given back."""
+
+_SETTLING_READS = 3
+"""API reads one delivery may make to settle same-second conflicts (each one only when the
+stored state changed again meanwhile); past them, the deterministic rule decides."""
 
 
 def process_event(
@@ -63,13 +72,17 @@ def process_event(
     Raises `LedgerUnavailable` (Firestore), `StripeUnavailable` (Stripe's API) or
     `ConfigurationError`; the claim, if one was made, is released first.
     """
-    arriving = thin.stub(received) if is_thin(received.data) else received
+    event_type = thin.applied_type(received, registry) if is_thin(received.data) else None
+    arriving = thin.stub(received, event_type) if event_type else received
     handled = bool(registry.applicable(arriving))
     claim = ledger.claim(received, handled=handled, reclaim=reclaim, note=note)
     if isinstance(claim, Settled):
         return _settled(received, claim)
     try:
-        applied, twin = _prepare(received, ledger, fetcher)
+        applied, twin, unapplied = _prepare(received, ledger, fetcher, event_type)
+        if applied is None:
+            outcome = ledger.complete_without_handlers(claim, unapplied or "not applied")
+            return Delivery(outcome, received.id, received.type, attempt=claim.attempt)
         claims = [claim]
         if twin is not None:
             twin_note = f"applied from thin event {received.id}"
@@ -90,22 +103,78 @@ def process_event(
             error=describe(error),
             exception=error,
         )
-    delivery = process_claimed(applied, claims, db=db, ledger=ledger, registry=registry)
+    if fetcher is not None and fetcher.can_read(applied):
+        applied = dataclasses.replace(applied, settleable=True)
+    delivery = _unit_of_work(applied, claims, db, ledger, registry, fetcher)
     return dataclasses.replace(
         delivery, event_id=received.id, event_type=received.type, attempt=claim.attempt
     )
 
 
 def _prepare(
-    received: VerifiedEvent, ledger: EventLedger, fetcher: StripeFetcher | None
-) -> tuple[VerifiedEvent, str | None]:
-    """The event as its handlers see it, and its snapshot twin's ID if it is a thin event."""
+    received: VerifiedEvent,
+    ledger: EventLedger,
+    fetcher: StripeFetcher | None,
+    event_type: str | None,
+) -> tuple[VerifiedEvent | None, str | None, str | None]:
+    """The event as its handlers see it (None if nothing can be applied, and why), and its
+    snapshot twin's ID if it is a thin event."""
     if is_thin(received.data):
-        fetched = thin.fetch(received, fetcher)
-        return fetched.applied, fetched.twin
+        fetched = thin.fetch(received, fetcher, event_type)
+        return fetched.applied, fetched.twin, fetched.note
     if fetcher is not None and refetches(ledger.settings, received):
-        return fetcher.refetched(received), None
-    return received, None
+        return fetcher.refetched(received), None, None
+    return received, None, None
+
+
+def _unit_of_work(
+    applied: VerifiedEvent,
+    claims: list[Claim],
+    db: firestore.Client,
+    ledger: EventLedger,
+    registry: HandlerRegistry,
+    fetcher: StripeFetcher | None,
+) -> Delivery:
+    """`process_claimed`, settling each same-second conflict it meets from Stripe's API."""
+    reads = 0
+    deadline = fetcher.deadline() if fetcher is not None else 0.0  # shared by every read
+    while True:
+        try:
+            return process_claimed(applied, claims, db=db, ledger=ledger, registry=registry)
+        except SettleFromApi as conflict:
+            reads += 1
+            try:
+                applied = _settling(
+                    applied, conflict, fetcher, deadline, last=reads > _SETTLING_READS
+                )
+            except _RELEASED as error:
+                for claim in claims:
+                    ledger.record_failure(claim, describe(error), counts=False)
+                raise
+
+
+def _settling(
+    applied: VerifiedEvent,
+    conflict: SettleFromApi,
+    fetcher: StripeFetcher | None,
+    deadline: float,
+    *,
+    last: bool,
+) -> VerifiedEvent:
+    """`applied` carrying its object's state read now, which replaces the conflicting stored
+    one; or, when it cannot be read (no more reads, a 404), not settleable: the next run
+    applies the deterministic rule (and cannot ask again)."""
+    if fetcher is None or last:
+        return dataclasses.replace(applied, settleable=False)
+    observed_at = fetcher.clock()
+    current = fetcher.read_object(
+        conflict.object_type, conflict.object_id, deadline=deadline, account=applied.account
+    )
+    if current is None:
+        unreadable(applied, "Stripe's API answered 404 to this key")
+        return dataclasses.replace(applied, settleable=False)
+    read = applied.with_object(current, observed_at)
+    return dataclasses.replace(read, settles=conflict.stored_event_id)
 
 
 def _settled(received: VerifiedEvent, settled: Settled) -> Delivery:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from stripe_ledger.context import HandlerContext
+from stripe_ledger.context import HandlerContext, SettleFromApi
 from stripe_ledger.errors import LedgerUnavailable
 from stripe_ledger.firestore_client import is_unavailable, translated
 from stripe_ledger.ledger import Claim, EventLedger
@@ -55,7 +55,8 @@ def process_claimed(
 
     On failure, the failure is recorded on every claim, each released: counted on the first
     when a handler raised, never when Firestore was unavailable, which raises
-    `LedgerUnavailable` after the claims are released.
+    `LedgerUnavailable` after the claims are released. A handler's `SettleFromApi` is
+    raised as is, the claims still held, for the pipeline to settle.
     """
     registrations = registry.applicable(received)
     outbox = Outbox(db, ledger.settings, registry, ledger.clock)
@@ -63,6 +64,10 @@ def process_claimed(
         enqueued = _run_transaction(  # pragma: SYNCPOINT ledger
             received, tuple(claims), db, ledger, registrations, outbox
         )
+    except HandlerFailed as error:
+        if isinstance(error.__cause__, SettleFromApi):
+            raise error.__cause__ from None  # rolled back, claims held: the pipeline reads
+        return _after_failure(received, claims, ledger, error)
     except Exception as error:  # noqa: BLE001 - every failure is classified below
         return _after_failure(received, claims, ledger, error)
     run_enqueued(outbox, enqueued)  # at least once, after the commit; never raises

@@ -72,6 +72,7 @@ class HandlerRegistry:
         self._registrations: list[Registration] = []
         self._cache: dict[str, tuple[Registration, ...]] = {}
         self._executors: dict[str, Executor] = {}
+        self._families: dict[str, str] = {}
 
     def on(
         self, *event_types: str, reads: Reads | None = None, when: Applies | None = None
@@ -116,6 +117,17 @@ class HandlerRegistry:
             return executor
 
         return register
+
+    def family(self, object_type: str, event_type: str) -> None:
+        """Name `event_type` as the one whose handlers keep objects of `object_type` (e.g.
+        `subscription`: `customer.subscription.updated`): a thin event of a type no handler
+        takes (a thin-only type like `v1.customer.subscription.past_due`) about such an
+        object runs those handlers on it."""
+        self._families[object_type] = event_type
+
+    def family_type(self, object_type: str) -> str | None:
+        """The event type registered by `family` for `object_type`, or None."""
+        return self._families.get(object_type)
 
     def executor(self, name: str) -> Executor | None:
         """The executor registered for task `name`, or None."""

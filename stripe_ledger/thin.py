@@ -11,27 +11,38 @@ event names a `snapshot_event`, the pipeline applies the change under a claim on
 own record, `stripe_events/{snapshot_event}`, in a transaction that completes both records;
 whichever of the two arrives first applies it, and the other finds the twin's record settled
 or in flight and runs nothing.
+
+A related object that answers 404 is deleted only if the event's type says so (`*.deleted`):
+otherwise the key cannot see it (another mode or account, a restricted key) and nothing is
+applied (the record is completed with a note, and a WARNING is logged), since a thin event
+has no snapshot to fall back on. Nor is a thin event of the other mode than the key's read.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stripe_ledger.errors import ConfigurationError, StripeUnavailable
-from stripe_ledger.fetch import StripeFetcher
+from stripe_ledger.fetch import StripeFetcher, unreadable
 from stripe_ledger.verify import VerifiedEvent
 
-__all__ = ["Fetched", "fetch", "snapshot_type", "stub"]
+if TYPE_CHECKING:
+    from stripe_ledger.registry import HandlerRegistry
+
+__all__ = ["Fetched", "applied_type", "fetch", "snapshot_type", "stub"]
 
 
 @dataclass(frozen=True)
 class Fetched:
     """A thin event's change as its handlers see it, and its snapshot twin's ID, if any."""
 
-    applied: VerifiedEvent
+    applied: VerifiedEvent | None
+    """None when nothing can be applied: the key cannot read the related object."""
     twin: str | None
+    note: str | None = None
+    """Why nothing was applied."""
 
 
 def snapshot_type(thin_type: str) -> str:
@@ -39,13 +50,26 @@ def snapshot_type(thin_type: str) -> str:
     return thin_type.removeprefix("v1.")
 
 
-def stub(thin: VerifiedEvent) -> VerifiedEvent:
+def applied_type(thin: VerifiedEvent, registry: HandlerRegistry) -> str:
+    """The snapshot type whose handlers `thin` runs: its own without `v1.`, or, when no
+    handler takes that type (a thin-only type such as `v1.customer.subscription.past_due`,
+    or `v1.invoice.line_item_added`), the type registered for its related object's family
+    (`HandlerRegistry.family`), so that the object is fetched and projected all the same."""
+    own = snapshot_type(thin.type)
+    if registry.handlers_for(own):
+        return own
+    return registry.family_type(str(thin.object.get("object"))) or own
+
+
+def stub(thin: VerifiedEvent, event_type: str | None = None) -> VerifiedEvent:
     """The thin event shaped as a snapshot of its reference only: what decides, before the
     claim, whether any handler applies to it."""
-    return VerifiedEvent(_applied(thin, thin.id, thin.object), thin.payload)
+    return VerifiedEvent(_applied(thin, thin.id, thin.object, event_type), thin.payload)
 
 
-def fetch(thin: VerifiedEvent, fetcher: StripeFetcher | None) -> Fetched:
+def fetch(
+    thin: VerifiedEvent, fetcher: StripeFetcher | None, event_type: str | None = None
+) -> Fetched:
     """Read the thin event and its related object from Stripe's API (see the module).
 
     Raises `ConfigurationError` without an API key, `StripeUnavailable` when Stripe cannot
@@ -53,6 +77,10 @@ def fetch(thin: VerifiedEvent, fetcher: StripeFetcher | None) -> Fetched:
     """
     if fetcher is None:
         raise ConfigurationError("thin events need STRIPE_API_KEY to fetch what they refer to")
+    if not fetcher.can_read(thin):
+        why = "the event's mode differs from STRIPE_API_KEY's"
+        unreadable(stub(thin), why)
+        return Fetched(None, None, f"not applied: {why}")
     deadline = fetcher.deadline()
     event = fetcher.get(f"/v2/core/events/{thin.id}", deadline=deadline, context=thin.account)
     if event is None:
@@ -64,17 +92,23 @@ def fetch(thin: VerifiedEvent, fetcher: StripeFetcher | None) -> Fetched:
     obj: dict[str, Any] = {}
     if related:
         found = fetcher.get(related["url"], deadline=deadline, context=thin.account)
+        if found is None and not snapshot_type(thin.type).endswith(".deleted"):
+            why = "Stripe's API answered 404 to this key"
+            unreadable(stub(thin), why)
+            return Fetched(None, twin, f"not applied: {why}")
         obj = found or {"id": related.get("id"), "object": related.get("type"), "deleted": True}
-    data = _applied(thin, twin or thin.id, obj)
+    data = _applied(thin, twin or thin.id, obj, event_type)
     return Fetched(VerifiedEvent(data, json.dumps(data), observed_at=observed_at), twin)
 
 
-def _applied(thin: VerifiedEvent, event_id: str, obj: dict[str, Any]) -> dict[str, Any]:
+def _applied(
+    thin: VerifiedEvent, event_id: str, obj: dict[str, Any], event_type: str | None
+) -> dict[str, Any]:
     """The snapshot-shaped event the handlers see (and a twin's record keeps as payload)."""
     return {
         "id": event_id,
         "object": "event",
-        "type": snapshot_type(thin.type),
+        "type": event_type or snapshot_type(thin.type),
         "created": thin.created,
         "livemode": thin.livemode,
         "account": thin.account,

@@ -8,6 +8,7 @@ event or a thin event notification; every door reads events with it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -53,6 +54,12 @@ class VerifiedEvent:
     observed_at: float | None = None
     """When `data.object` was read from Stripe's API, if it was (thin events, refetch mode):
     the object then holds its state at that moment, later than the event's `created`."""
+    settleable: bool = False
+    """Whether a same-second conflict over this event's object may be settled by reading the
+    object from Stripe's API (the pipeline holds a key that can read it)."""
+    settles: str | None = None
+    """For a state read to settle a same-second conflict: the event whose stored state it was
+    read after, which it therefore replaces."""
 
     @property
     def state_time(self) -> float:
@@ -62,7 +69,7 @@ class VerifiedEvent:
     def with_object(self, obj: dict[str, Any], observed_at: float) -> VerifiedEvent:
         """This event carrying `obj`, read from the API at `observed_at`, as its object."""
         data = {**self.data, "data": {**self.data["data"], "object": obj}}
-        return VerifiedEvent(data=data, payload=self.payload, observed_at=observed_at)
+        return dataclasses.replace(self, data=data, observed_at=observed_at)
 
     @cached_property
     def event(self) -> stripe.Event:

@@ -265,6 +265,7 @@ variable "projection_collections" {
     "customers",
     "subscriptions",
     "invoices",
+    "invoice_payments",
     "payments",
     "charges",
     "refunds",

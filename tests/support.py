@@ -332,3 +332,22 @@ def _rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+@contextlib.contextmanager
+def logged(level: int = logging.WARNING) -> Iterator[list[logging.LogRecord]]:
+    """The records of `level` and above that the package logs meanwhile (whether or not
+    `logs.configure` stopped them propagating to pytest's handlers)."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    keep = Keep(level)
+    package = logging.getLogger("stripe_ledger")
+    package.addHandler(keep)
+    try:
+        yield records
+    finally:
+        package.removeHandler(keep)

@@ -57,9 +57,13 @@ COLLECTION_OF = {
             "marked_uncollectible",
             "voided",
             "deleted",
+            "overpaid",
+            "finalization_failed",
+            "payment_attempt_required",
         )
     },
     "payment_intent.": "payments",
+    "invoice_payment.": "invoice_payments",
     **{
         f"charge.{kind}": "charges"
         for kind in ("succeeded", "failed", "pending", "captured", "refunded", "updated", "expired")
@@ -82,6 +86,7 @@ FIELDS = {
     "subscriptions": (
         "status",
         "customer",
+        "customer_account",
         "price_ids",
         "quantity",
         "current_period_start",
@@ -95,6 +100,7 @@ FIELDS = {
     "invoices": (
         "status",
         "customer",
+        "customer_account",
         "subscription",
         "amount_due",
         "amount_paid",
@@ -102,15 +108,26 @@ FIELDS = {
         "hosted_invoice_url",
         "deleted",
     ),
-    "payments": ("status", "amount", "amount_received", "currency", "customer"),
+    "invoice_payments": (
+        "invoice",
+        "payment_intent",
+        "charge",
+        "amount_paid",
+        "amount_requested",
+        "currency",
+        "status",
+        "is_default",
+    ),
+    "payments": ("status", "amount", "amount_received", "currency", "customer", "customer_account"),
     "charges": ("status", "amount", "amount_refunded", "refunded", "payment_intent", "customer"),
-    "refunds": ("status", "amount", "charge", "payment_intent"),
+    "refunds": ("status", "amount", "charge", "payment_intent", "customer_account"),
     "disputes": ("status", "amount", "charge", "reason"),
     "checkout_sessions": (
         "status",
         "payment_status",
         "mode",
         "customer",
+        "customer_account",
         "subscription",
         "payment_intent",
     ),
@@ -145,6 +162,8 @@ def expected(field: str, event: Mapping[str, Any]) -> Any:
         return [(item.get("price") or item.get("plan"))["id"] for item in items]
     if field == "quantity" and obj.get("quantity") is None:
         return items[0].get("quantity") if len(items) == 1 else None
+    if obj.get("object") == "invoice_payment" and field in ("payment_intent", "charge"):
+        return (obj.get("payment") or {}).get(field)
     if field == "recurring_interval":
         return (obj.get("recurring") or {}).get("interval")
     return obj.get(field)

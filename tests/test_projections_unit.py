@@ -11,7 +11,7 @@ import pytest
 
 import handlers
 from handlers._projection import Projection, counters, has_projectable_id, lifecycle
-from handlers._storable import MAX_DOCUMENT_BYTES, storable_document
+from handlers._storable import MAX_DOCUMENT_BYTES, firestore_size, storable_document
 from handlers.catalog import PRICES, price_fields
 from handlers.customers import CUSTOMERS
 from handlers.invoices import INVOICES, invoice_fields
@@ -78,13 +78,14 @@ class TestSubscriptionShapes:
         assert fields["cancel_at"] is None  # absent in the object: null
 
     def test_new_shape(self) -> None:
-        """From basil: periods from the items (earliest start, earliest end), price IDs from
+        """From basil: periods from the items (latest start, earliest end: Stripe's own
+        definition of a subscription's period, which its list filters match), price IDs from
         `price`, no single quantity for two items, an expanded customer reduced to its ID."""
         fields = subscription_fields(NEW_SUBSCRIPTION)
         assert fields["price_ids"] == ["price_a", "price_b"]
         assert fields["quantity"] is None
         assert (fields["current_period_start"], fields["current_period_end"]) == (
-            1_700_000_000,
+            1_700_100_000,
             1_702_692_000,
         )
         assert fields["customer"] == "cus_2"
@@ -265,6 +266,8 @@ class TestApplicability:
             "checkout.session.async_payment_failed": "checkout_sessions",
             "product.updated": "products",
             "price.deleted": "prices",
+            "invoice_payment.paid": "invoice_payments",
+            "invoice.overpaid": "invoices",
         }
         for event_type, collection in collections.items():
             names = [r.name for r in handlers.registry.handlers_for(event_type)]
@@ -274,7 +277,6 @@ class TestApplicability:
             "customer.source.updated",
             "customer.tax_id.created",
             "invoice.upcoming",  # registered nowhere; and its object has no id anyway
-            "invoice_payment.paid",
             "invoiceitem.created",
             "plan.updated",
             "charge.dispute_funds",
@@ -306,3 +308,49 @@ class TestDocumentation:
                     collection = registration.name.rsplit(".project_", 1)[1]
                     registered.setdefault(collection, set()).add(pattern)
         assert documented == registered
+
+
+class TestFirestoreSize:
+    def test_sizes_follow_firestores_rules(self) -> None:
+        """A string is its UTF-8 bytes + 1, a number 8, a boolean or null 1; maps add their
+        keys as strings, arrays their elements."""
+        assert firestore_size("é") == 3
+        assert firestore_size(7) == firestore_size(7.5) == 8
+        assert firestore_size(True) == firestore_size(None) == 1
+        assert firestore_size({"ab": [1, 2, "x"]}) == 3 + 8 + 8 + 2
+
+    def test_an_array_of_many_numbers_is_left_out(self) -> None:
+        """Small as JSON, too large for Firestore."""
+        obj = {"id": "pi_1", "numbers": [0] * 200_000, "small": "y"}
+        assert len(json.dumps(obj)) < MAX_DOCUMENT_BYTES
+        stored = storable_document({"status": "x", "object": obj})
+        assert stored["object"] == {"id": "pi_1", "small": "y"}
+        assert stored["object_omitted"] == ["numbers"]
+
+    def test_too_many_index_entries_leave_the_field_out(self) -> None:
+        obj = {"id": "pi_1", "flags": {f"k{n}": True for n in range(30_000)}}
+        assert firestore_size(obj) < MAX_DOCUMENT_BYTES
+        assert storable_document({"object": obj})["object_omitted"] == ["flags"]
+
+    def test_a_projected_field_too_large_alone_is_stored_as_null(self) -> None:
+        metadata = {"blob": "x" * MAX_DOCUMENT_BYTES}
+        stored = storable_document({"metadata": metadata, "object": {"metadata": metadata}})
+        assert stored["metadata"] is None
+        assert stored["fields_omitted"] == ["metadata"]
+        assert stored["object_omitted"] == ["metadata"]
+
+    def test_what_is_adapted_is_named(self) -> None:
+        obj = {"metadata": {"": "a", "__x__": "b"}, "n": 2**64, "grid": [[1]], "ok": 1}
+        stored = storable_document({"object": obj})
+        assert stored["object"] == {
+            "metadata": {"~": "a", "__x__~": "b"},
+            "n": str(2**64),
+            "grid": ["[1]"],
+            "ok": 1,
+        }
+        assert stored["object_adapted"] == [
+            "object.grid",
+            "object.metadata.",
+            "object.metadata.__x__",
+            "object.n",
+        ]

@@ -118,10 +118,13 @@ class TestConvergence:
 
 
 class TestDeletion:
-    def test_a_404_marks_the_object_deleted(self, db: firestore.Client, fake: FakeStripe) -> None:
-        """The API no longer has the product: its projection is marked deleted, for good."""
+    def test_the_api_saying_deleted_marks_the_object_deleted(
+        self, db: firestore.Client, fake: FakeStripe
+    ) -> None:
+        """The API's own word (`deleted: true`) marks the projection deleted, for good."""
         service = refetching(db, fake)
         product = {"id": "prod_gone", "object": "product", "name": "Gone", "active": True}
+        fake.put_object({"id": "prod_gone", "object": "product", "deleted": True})
         assert send(service, make_event("product.updated", product)) is Outcome.COMPLETED
         document = db.collection("products").document("prod_gone").get()
         assert document.get("deleted") is True
