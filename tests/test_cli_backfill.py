@@ -25,6 +25,7 @@ from tests.support import ROOT, SECRET, FunctionServer, make_event
 pytestmark = pytest.mark.emulator
 
 NOW = int(time.time())
+"""When the module was imported: objects are created a day before it."""
 
 # How many objects of each family the big test lists: 10,000 in all.
 FAMILY_SIZES = {
@@ -216,12 +217,16 @@ class TestWebhooksDuringTheBackfill:
                 delivered.append(1)
                 for obj in newer:
                     event = make_event(
-                        "customer.updated", {**obj, "email": "new@example.com"}, created=NOW + 60
+                        "customer.updated",
+                        {**obj, "email": "new@example.com"},
+                        created=int(time.time()) + 60,
                     )
                     assert server.post(event).status_code == 200
                 for obj in older:
                     event = make_event(
-                        "customer.updated", {**obj, "email": "old@example.com"}, created=NOW - 3600
+                        "customer.updated",
+                        {**obj, "email": "old@example.com"},
+                        created=int(time.time()) - 3600,
                     )
                     assert server.post(event).status_code == 200
 
