@@ -53,6 +53,19 @@ def copies(event: Mapping[str, Any]) -> int:
     return 1 if roll >= 20 else (2 if roll >= 5 else 3)
 
 
+_NAMING_FIELDS = {
+    "severity",
+    "message",
+    "time",
+    "logger",
+    "event_id",
+    "event_type",
+    "object_id",
+    "collection",
+    "account",
+}
+
+
 def test_ten_thousand_events_each_applied_once(
     project: str, db: firestore.Client, report: Callable[[str], None]
 ) -> None:
@@ -110,7 +123,12 @@ def test_ten_thousand_events_each_applied_once(
     assert SECRET not in log
     assert not re.search(r"v1=[0-9a-f]{16}", log)
     object_ids = {str(e["data"]["object"].get("id")) for e in events if "id" in e["data"]["object"]}
-    assert not [oid for oid in object_ids if oid in log]  # only payloads carry object IDs
+    # Only payloads carry object IDs, except the WARNINGs that must name one (a same-second
+    # conflict no API key can settle: docs/projections.md); those name it and nothing more.
+    named = [e for e in server.log_entries() if e["severity"] == "WARNING" and "object_id" in e]
+    unnamed = "\n".join(line for line in log.splitlines() if '"object_id"' not in line)
+    assert not [oid for oid in object_ids if oid in unnamed]
+    assert all(set(e) <= _NAMING_FIELDS for e in named), named[:1]
 
     latencies = [a.latency for a in deliveries.answers]
     report(
