@@ -185,7 +185,9 @@ class TestStopsEverythingOnAnySignal:
         assert ready.groups() == (str(PORT), str(EMULATOR_PORT), "the development one")
         assert sum(bool(READY.match(line)) for line in run.lines) == 1
         answer = deliver(make_event("nobody.handles.this"), DEVELOPMENT_SECRET)
-        assert answer["status"] == "ignored"
+        # `duplicate` when a first attempt was recorded but answered 503 (a slow cold start):
+        # Stripe's retry then finds the event settled.
+        assert answer["status"] in ("ignored", "duplicate")
         run.signal(signum, group)
         run.wait(60)
         assert_nothing_left()
