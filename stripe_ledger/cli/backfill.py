@@ -97,7 +97,10 @@ def _backfill(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, interrupted)
     try:
         with render.progress_bars() as bars:
-            advance = {family.collection: bars.bar(family.collection, None) for family in families}
+            advance = {
+                family.collection: bars.bar(family.collection, None, alongside=True)
+                for family in families
+            }
             results = backfill(
                 families,
                 db=service.db,

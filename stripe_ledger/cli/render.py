@@ -136,12 +136,15 @@ class Bars:
     def __init__(self, progress: RichProgress | None) -> None:
         self._progress = progress
 
-    def bar(self, description: str, total: int | None) -> Progress:
-        """A new bar (a spinner while `total` is unknown); returns its advance function."""
+    def bar(self, description: str, total: int | None, *, alongside: bool = False) -> Progress:
+        """A new bar (a spinner while `total` is unknown); returns its advance function.
+
+        A new bar begins a new phase, so earlier open-ended bars are shown done, unless it
+        runs `alongside` them (backfill's collections, filled at the same time)."""
         progress = self._progress
         if progress is None:
             return lambda done: None
-        for task in progress.tasks:  # a new phase begins: earlier open-ended ones are done
+        for task in progress.tasks if not alongside else ():
             if task.total is None:
                 progress.update(task.id, total=task.completed)
         task_id = progress.add_task(description, total=total)
@@ -155,19 +158,28 @@ def progress_bars() -> Iterator[Bars]:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
+        ProgressColumn,
         SpinnerColumn,
+        Task,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
     from rich.progress import Progress as RichProgress
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        """Items per second."""
+
+        def render(self, task: Task) -> Text:
+            return Text(f"{task.speed:,.0f}/s" if task.speed else "")
 
     console = Console(file=sys.stderr)
     if not console.is_terminal:
         yield Bars(None)
         return
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
-    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
+    columns += [Rate(), TimeElapsedColumn(), TimeRemainingColumn()]
     with RichProgress(
         *columns, console=console, redirect_stdout=False, redirect_stderr=False
     ) as progress:
