@@ -37,8 +37,8 @@ overwriting each other.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.cloud import firestore
@@ -51,6 +51,7 @@ from stripe_ledger.verify import VerifiedEvent
 
 __all__ = [
     "Fields",
+    "Follower",
     "Projection",
     "Rank",
     "counters",
@@ -118,6 +119,21 @@ def has_projectable_id(received: VerifiedEvent) -> bool:
 
 
 @dataclass(frozen=True)
+class Follower:
+    """What keeps a document derived from a projection's (a customer's access) in step with
+    it, in the same transaction.
+
+    `follow(ctx, state)` runs on every event the projection applies to, after the projection
+    decided, with the document's state now (the event's if it was written, the stored one
+    if the event came late): so what it derives is always derived from the projection's
+    state, never from a late event's. It changes documents through `ctx.edit`, which
+    `reads(ctx)` declares (it may name more once what it named is `ctx.cached`)."""
+
+    reads: Callable[[HandlerContext], Iterable[firestore.DocumentReference]]
+    follow: Callable[[HandlerContext, Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
 class Projection:
     """How one Stripe object family is projected into one collection."""
 
@@ -127,6 +143,19 @@ class Projection:
     deleting: frozenset[str] = frozenset()
     """Event types that delete the object. A projection with any also keeps a `deleted`
     field, true after such an event or for an object that says `deleted: true`."""
+    followers: list[Follower] = field(default_factory=list, compare=False, hash=False)
+    """Derived documents kept with this projection (`follow`)."""
+
+    def follow(self, follower: Follower) -> None:
+        """Keep `follower`'s documents in step with this projection (see `Follower`)."""
+        self.followers.append(follower)
+
+    def reads(self, ctx: HandlerContext) -> list[firestore.DocumentReference]:
+        """The documents applying the event reads: its object's, and its followers'."""
+        refs = [self.ref(ctx)]
+        for follower in self.followers:
+            refs.extend(follower.reads(ctx))
+        return refs
 
     def applies_to(self, received: VerifiedEvent) -> bool:
         """Whether `received`'s object can be projected (it has a usable ID)."""
@@ -176,9 +205,11 @@ class Projection:
         document = storable_document(self.document(ctx.received))
         # An event that does not order after the stored state (a late or older event, or a
         # replay of the one that wrote it) would not change the document: no write at all.
-        if current is not None and not self.replaces(ctx.received, document, current):
-            return
-        ctx.tx.set(ref, document)
+        if current is None or self.replaces(ctx.received, document, current):
+            ctx.tx.set(ref, document)
+            current = document
+        for follower in self.followers:
+            follower.follow(ctx, current)
 
     def replaces(
         self, received: VerifiedEvent, document: Mapping[str, Any], current: Mapping[str, Any]
@@ -258,11 +289,8 @@ def register_projection(
     if family is not None:
         registry.family(*family)
 
-    def reads(ctx: HandlerContext) -> list[firestore.DocumentReference]:
-        return [projection.ref(ctx)]
-
     def project(ctx: HandlerContext) -> None:
         projection.apply(ctx)
 
     project.__qualname__ = f"project_{projection.collection}"
-    on(*event_types, reads=reads, when=projection.applies_to)(project)
+    on(*event_types, reads=projection.reads, when=projection.applies_to)(project)

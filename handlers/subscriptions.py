@@ -17,7 +17,7 @@ from typing import Any
 
 from handlers._projection import Projection, lifecycle, reference, register_projection
 
-__all__ = ["SUBSCRIPTIONS", "subscription_fields"]
+__all__ = ["SUBSCRIPTIONS", "product_ids", "products", "subscription_fields"]
 
 
 def _items(obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -31,6 +31,21 @@ def _price_ids(obj: Mapping[str, Any]) -> list[str]:
     if not _items(obj):  # API versions before subscription items had one top-level plan
         ids = [reference(obj.get("plan"))]
     return [price for price in ids if price is not None]
+
+
+def products(obj: Mapping[str, Any]) -> list[Any]:
+    """The `product` of each item's price (or plan, or the top-level plan of old versions):
+    an ID, or the product itself where it was expanded."""
+    prices = [item.get("price") or item.get("plan") for item in _items(obj)]
+    if not _items(obj):
+        prices = [obj.get("plan")]
+    return [price.get("product") for price in prices if isinstance(price, Mapping)]
+
+
+def product_ids(obj: Mapping[str, Any]) -> list[str]:
+    """The IDs of the subscription's products, in item order."""
+    ids = [reference(product) for product in products(obj)]
+    return [product for product in ids if product is not None]
 
 
 def _quantity(obj: Mapping[str, Any]) -> Any:

@@ -27,7 +27,8 @@ from typing import Any, Protocol
 
 from google.cloud import firestore
 
-from stripe_ledger.context import HandlerContext
+from stripe_ledger.config import Settings
+from stripe_ledger.context import Edits, HandlerContext, read_declared
 from stripe_ledger.errors import LedgerUnavailable, StripeUnavailable
 from stripe_ledger.fetch import StripeFetcher
 from stripe_ledger.firestore_client import translated, write_count
@@ -52,6 +53,8 @@ class Projects(Protocol):
     def collection(self) -> str: ...
 
     def applies_to(self, received: VerifiedEvent) -> bool: ...
+
+    def reads(self, ctx: HandlerContext) -> list[firestore.DocumentReference]: ...
 
     def apply(self, ctx: HandlerContext) -> None: ...
 
@@ -140,6 +143,7 @@ class _Run:
     db: firestore.Client
     fetcher: StripeFetcher
     projections: Mapping[str, Projects]
+    settings: Settings
     clock: Clock
     since: datetime | None
     account: str | None
@@ -159,6 +163,7 @@ def backfill(
     db: firestore.Client,
     fetcher: StripeFetcher,
     projections: Mapping[str, Projects],
+    settings: Settings,
     clock: Clock,
     since: datetime | None = None,
     account: str | None = None,
@@ -176,6 +181,7 @@ def backfill(
         db,
         fetcher,
         projections,
+        settings,
         clock,
         since,
         account,
@@ -277,16 +283,23 @@ def _write_page(
     it wrote."""
     states = [_state_read(obj, observed_at, run.account) for obj in page]
     states = [received for received in states if projection.applies_to(received)]
-    refs = [run.db.collection(projection.collection).document(str(r.object_id)) for r in states]
 
     def apply(tx: firestore.Transaction) -> int:
         snapshots: dict[str, Snapshot] = {}
-        if refs:
-            snapshots = {s.reference.path: s for s in tx.get_all(refs)}
+        edits = Edits()
+        contexts = [
+            HandlerContext(
+                received, tx, run.db, 0, settings=run.settings, snapshots=snapshots, edits=edits
+            )
+            for received in states
+        ]
+        if contexts:  # the whole page's reads (documents, followers') in one batch per round
+            read_declared(contexts[0], lambda: [r for c in contexts for r in projection.reads(c)])
         before = write_count(tx)
-        for received in states:
-            projection.apply(HandlerContext(received, tx, run.db, 0, snapshots=snapshots))
+        for ctx in contexts:
+            projection.apply(ctx)
         count = write_count(tx) - before
+        edits.write(tx)
         tx.set(progress_ref, {**state, "written": written_before + count})
         return count
 

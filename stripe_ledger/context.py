@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import copy
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from google.cloud import firestore
 
+from stripe_ledger.config import Settings
 from stripe_ledger.firestore_client import buffered_paths, read_through
 from stripe_ledger.ledger import Snapshot
 
@@ -15,7 +17,17 @@ if TYPE_CHECKING:
 
     from stripe_ledger.verify import VerifiedEvent
 
-__all__ = ["HandlerContext", "ReadAfterWrite", "SettleFromApi", "Tasks"]
+__all__ = [
+    "Edits",
+    "HandlerContext",
+    "NotDeclared",
+    "ReadAfterWrite",
+    "SettleFromApi",
+    "Tasks",
+    "read_declared",
+]
+
+_READ_ROUNDS = 3
 
 
 class Tasks(Protocol):
@@ -28,6 +40,11 @@ class Tasks(Protocol):
 
 class ReadAfterWrite(RuntimeError):
     """A handler read a document that an earlier handler already wrote in this transaction."""
+
+
+class NotDeclared(RuntimeError):
+    """A handler edited a document that no `reads=` declared, so it was not read before the
+    transaction's first write (Firestore allows no read after one)."""
 
 
 class SettleFromApi(Exception):
@@ -43,16 +60,44 @@ class SettleFromApi(Exception):
         self.stored_event_id = stored_event_id
 
 
+class Edits:
+    """Documents that several handlers of one transaction change together (`ctx.edit`),
+    each written once, when the handlers are done, and only if it changed."""
+
+    def __init__(self) -> None:
+        self._documents: dict[str, tuple[firestore.DocumentReference, Any, dict[str, Any]]] = {}
+
+    def document(
+        self, ref: firestore.DocumentReference, snapshot: Snapshot | None
+    ) -> dict[str, Any]:
+        """The working copy of `ref`, from `snapshot` (its state in the transaction) the
+        first time."""
+        held = self._documents.get(ref.path)
+        if held is None:
+            stored = snapshot.to_dict() if snapshot is not None else None
+            held = (ref, stored, copy.deepcopy(stored) if stored is not None else {})
+            self._documents[ref.path] = held
+        return held[2]
+
+    def write(self, tx: firestore.Transaction) -> None:
+        """Write every working copy that differs from what was stored."""
+        for ref, stored, document in self._documents.values():
+            if document != (stored or {}):
+                tx.set(ref, document)
+
+
 class HandlerContext:
     """Everything a handler may touch while its event's transaction is open.
 
     Writes go through `tx` and commit atomically with the ledger record. Reads go through
     `get`/`get_all`: they read inside the same transaction and are cached, and the documents
-    every handler declared with `reads=` are fetched in one batch before the first handler
+    every handler declared with `reads=` are fetched in batches before the first handler
     runs. A handler may read after earlier handlers wrote, except a document already written
     in this transaction, whether it was read before or not: the read would see its state
     before that write (and a write based on it would undo the earlier one), so `get` raises
-    `ReadAfterWrite`.
+    `ReadAfterWrite`. A document several handlers change together (an aggregate, like a
+    user's access) is changed in place through `edit` and written once at the end.
+    `settings` are the function's.
     """
 
     def __init__(
@@ -63,16 +108,20 @@ class HandlerContext:
         attempt: int,
         tasks: Tasks | None = None,
         *,
+        settings: Settings | None = None,
         snapshots: dict[str, Snapshot] | None = None,
+        edits: Edits | None = None,
     ) -> None:
         self.received = received
         self.tx = tx
         self.db = db
         self.attempt = attempt
         self.tasks = tasks
-        # Documents read in this transaction; several contexts may share one (a backfill's
-        # page is read in one batch).
+        self.settings = settings if settings is not None else Settings(webhook_secrets=())
+        # Documents read and edited in this transaction; several contexts may share them (a
+        # backfill's page is read in one batch and written in one commit).
         self._snapshots: dict[str, Snapshot] = {} if snapshots is None else snapshots
+        self.edits = edits if edits is not None else Edits()
 
     @property
     def event(self) -> stripe.Event:
@@ -109,6 +158,20 @@ class HandlerContext:
             raise RuntimeError("this handler context has no outbox")
         return self.tasks.add(task, payload, key=key)
 
+    def cached(self, ref: firestore.DocumentReference) -> Snapshot | None:
+        """`ref` as already read in this transaction, or None: what a `reads=` function may
+        consult to name the documents it needs next (see `read_declared`)."""
+        return self._snapshots.get(ref.path)
+
+    def edit(self, ref: firestore.DocumentReference) -> dict[str, Any]:
+        """`ref`'s content (empty for a missing document) as a dict to change in place,
+        shared by every handler of this transaction and written once when they are done, if
+        it changed. `ref` must have been declared with `reads=`; raises `NotDeclared`."""
+        snapshot = self.cached(ref)
+        if snapshot is None:
+            raise NotDeclared(f"{ref.path} is edited but no reads= declared it")
+        return self.edits.document(ref, snapshot)
+
     def get(self, ref: firestore.DocumentReference) -> Snapshot:
         """Read one document through the transaction (cached for the transaction)."""
         return self.get_all([ref])[0]
@@ -131,3 +194,20 @@ class HandlerContext:
             for snapshot in read_through(self.tx, missing):
                 self._snapshots[snapshot.reference.path] = snapshot
         return [self._snapshots[ref.path] for ref in refs]
+
+
+def read_declared(
+    ctx: HandlerContext, declare: Callable[[], Iterable[firestore.DocumentReference]]
+) -> None:
+    """Read every document `declare` names, in one batch per round, before any write.
+
+    `declare` is asked again after each batch, so that a `reads=` function can name the
+    documents it needs after consulting one it named before (`ctx.cached`: a customer's
+    access names its user); it stops when nothing new is named, after at most three
+    rounds.
+    """
+    for _ in range(_READ_ROUNDS):
+        missing = [ref for ref in declare() if ctx.cached(ref) is None]
+        if not missing:
+            return
+        ctx.get_all(missing)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from stripe_ledger.context import HandlerContext, SettleFromApi
+from stripe_ledger.context import HandlerContext, SettleFromApi, read_declared
 from stripe_ledger.errors import LedgerUnavailable
 from stripe_ledger.firestore_client import is_unavailable, translated
 from stripe_ledger.ledger import Claim, EventLedger
@@ -86,21 +86,25 @@ def _run_transaction(
 
     def apply(tx: firestore.Transaction) -> TaskBatch:
         tasks = outbox.batch(received, tx)
-        ctx = HandlerContext(received, tx, db, claims[0].attempt, tasks)
-        declared: list[firestore.DocumentReference] = []
-        for registration in registrations:
-            if registration.reads is not None:
-                try:
-                    declared.extend(registration.reads(ctx))
-                except Exception as error:
-                    raise HandlerFailed(registration.name) from error
-        if declared:
-            ctx.get_all(declared)  # every declared read in one batch, before any write
+        ctx = HandlerContext(received, tx, db, claims[0].attempt, tasks, settings=ledger.settings)
+
+        def declared() -> list[firestore.DocumentReference]:
+            refs: list[firestore.DocumentReference] = []
+            for registration in registrations:
+                if registration.reads is not None:
+                    try:
+                        refs.extend(registration.reads(ctx))
+                    except Exception as error:
+                        raise HandlerFailed(registration.name) from error
+            return refs
+
+        read_declared(ctx, declared)  # every declared read, in batches, before any write
         for registration in registrations:
             try:
                 registration.handler(ctx)
             except Exception as error:
                 raise HandlerFailed(registration.name) from error
+        ctx.edits.write(tx)  # the documents handlers changed together, once each
         tasks.write()  # the tasks the handlers enqueued, created in this transaction
         for claim in claims:
             ledger.complete(tx, claim)  # pragma: SYNCPOINT ledger

@@ -106,6 +106,7 @@ def _backfill(args: argparse.Namespace) -> int:
                 db=service.db,
                 fetcher=fetcher,
                 projections=projections,
+                settings=service.ledger.settings,
                 clock=service.ledger.clock,
                 since=since,
                 account=args.account,
