@@ -27,6 +27,7 @@ BUILTIN_HANDLER_MODULES: tuple[str, ...] = (
     "handlers.disputes",
     "handlers.checkout",
     "handlers.catalog",
+    "handlers.access",
 )
 """The built-in projections (see docs/projections.md), one module per Stripe object family,
 imported at cold start before the modules named in STRIPE_HANDLER_MODULES."""
@@ -43,6 +44,19 @@ _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,100}$")
 _MIN_RETENTION_DAYS = 30  # Stripe can resend an event for 30 days.
 _MAX_TOLERANCE_SECONDS = 300  # stripe's default; a wider window weakens replay protection.
 _API_KEY_PREFIXES = ("sk_", "rk_")
+SUBSCRIPTION_STATUSES = frozenset(
+    {
+        "incomplete",
+        "incomplete_expired",
+        "trialing",
+        "active",
+        "past_due",
+        "unpaid",
+        "canceled",
+        "paused",
+    }
+)
+"""Every status a Stripe subscription can be in."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,17 @@ class Settings:
     stripe_api_timeout_seconds: int = 10
     refetch: bool = False
     refetch_exclude: tuple[str, ...] = ()
+    app_user_key: str = "app_user_id"
+    """The customer metadata key naming the app's user (STRIPE_APP_USER_KEY)."""
+    features_key: str = "features"
+    """The product metadata key listing a product's features, comma-separated, for accounts
+    that use no Stripe Entitlements (STRIPE_FEATURES_KEY)."""
+    access_statuses: tuple[str, ...] = ("active", "trialing")
+    """Subscription statuses that grant access (STRIPE_ACCESS_STATUSES; add `past_due` for a
+    grace period)."""
+    custom_claims: bool = False
+    """Whether the outbox mirrors each user's access into Firebase Auth custom claims
+    (STRIPE_CUSTOM_CLAIMS)."""
 
     @property
     def read_back_seconds(self) -> float:
@@ -120,6 +145,11 @@ class Settings:
             stripe_api_timeout_seconds=api.stripe_api_timeout_seconds,
             refetch=_boolean(environ, "STRIPE_REFETCH"),
             refetch_exclude=_split(environ.get("STRIPE_REFETCH_EXCLUDE", "")),
+            app_user_key=environ.get("STRIPE_APP_USER_KEY", "").strip() or cls.app_user_key,
+            features_key=environ.get("STRIPE_FEATURES_KEY", "").strip() or cls.features_key,
+            access_statuses=_split(environ.get("STRIPE_ACCESS_STATUSES", ""))
+            or cls.access_statuses,
+            custom_claims=_boolean(environ, "STRIPE_CUSTOM_CLAIMS"),
         )
         settings.validate(require_secret=require_secret)
         return settings
@@ -174,6 +204,12 @@ class Settings:
             )
         if self.task_max_attempts < 1:
             raise ConfigurationError("STRIPE_TASK_MAX_ATTEMPTS must be at least 1")
+        unknown = sorted(set(self.access_statuses) - SUBSCRIPTION_STATUSES)
+        if unknown:
+            raise ConfigurationError(
+                f"STRIPE_ACCESS_STATUSES names no subscription status: {', '.join(unknown)} "
+                f"(choose from {', '.join(sorted(SUBSCRIPTION_STATUSES))})"
+            )
 
 
 def _split(value: str) -> tuple[str, ...]:

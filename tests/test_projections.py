@@ -467,7 +467,9 @@ class TestTransactionalReads:
         self, db: firestore.Client, registry: HandlerRegistry
     ) -> None:
         """On the wire: the only read of a delivery is one BatchGetDocuments carrying the
-        transaction that then commits the projection, and nothing reads outside it."""
+        transaction that then commits the projection, and nothing reads outside it. (The
+        batch also holds the access of the subscription's customer, kept in the same
+        transaction; its customer has no user, so no second read follows.)"""
         recorder = record_rpcs(db)
         sub_id = fresh("sub")
         deliver(
@@ -480,7 +482,10 @@ class TestTransactionalReads:
         read, commit = recorder.requests[2][1], recorder.requests[3][1]
         assert read.transaction
         assert read.transaction == commit.transaction
-        assert [name.rsplit("/", 2)[-2:] for name in read.documents] == [["subscriptions", sub_id]]
+        assert sorted(name.rsplit("/", 2)[-2:] for name in read.documents) == [
+            ["customer_access", "cus_1"],
+            ["subscriptions", sub_id],
+        ]
 
 
 class TestConcurrentEvents:

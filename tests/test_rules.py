@@ -38,8 +38,9 @@ def deny_line() -> int:
     return next(n for n, line in enumerate(lines, 1) if "allow read, write: if false" in line)
 
 
-def forged_token(project: str) -> str:
-    """An unsigned end-user ID token, as an attacker would make one, claiming admin."""
+def forged_token(project: str, uid: str = "attacker", *, admin: bool = True) -> str:
+    """An unsigned end-user ID token for `uid`, as an attacker would make one, claiming
+    admin (the emulator accepts unsigned tokens: it is how it is given a signed-in user)."""
 
     def part(value: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
@@ -48,14 +49,14 @@ def forged_token(project: str) -> str:
     claims = {
         "iss": f"https://securetoken.google.com/{project}",
         "aud": project,
-        "sub": "attacker",
-        "user_id": "attacker",
+        "sub": uid,
+        "user_id": uid,
         "iat": now,
         "auth_time": now,
         "exp": now + 3600,
         "email": "attacker@example.com",
         "email_verified": True,
-        "admin": True,
+        "admin": admin,
         "firebase": {"sign_in_provider": "password", "identities": {}},
     }
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
@@ -191,3 +192,62 @@ class TestFunctionBehindTheRules:
             for path in (f"stripe_events/{event['id']}", f"payments/{intent['id']}"):
                 response = requests.get(f"{client.base}/{path}", headers=client.headers, timeout=30)
                 assert response.status_code == 403, (caller, path, response.text)
+
+
+class TestUserAccessIsReadableByItsUser:
+    """`user_access/{uid}`: its signed-in user may read it, nobody else, and no client
+    writes it; `customer_access` stays the function's."""
+
+    @pytest.fixture
+    def seeded(self, admin: firestore.Client) -> firestore.Client:
+        for user in ("alice", "bob"):
+            admin.collection("user_access").document(user).set({"active": True})
+        admin.collection("customer_access").document("cus_alice").set({"app_user_id": "alice"})
+        return admin
+
+    def _get(self, host: str, project: str, token: str | None, path: str) -> requests.Response:
+        client = Client(host, project, token)
+        return requests.get(f"{client.base}/{path}", headers=client.headers, timeout=30)
+
+    def test_a_user_reads_its_own_document(
+        self, seeded: firestore.Client, rules_host: str, project: str
+    ) -> None:
+        token = forged_token(project, "alice", admin=False)
+        response = self._get(rules_host, project, token, "user_access/alice")
+        assert response.status_code == 200, response.text
+        assert response.json()["fields"]["active"] == {"booleanValue": True}
+
+    def test_everything_else_is_refused(
+        self, seeded: firestore.Client, rules_host: str, project: str
+    ) -> None:
+        """Another user's document, unauthenticated, listing, writing one's own, the
+        customer documents and every other collection: 403."""
+        alice = forged_token(project, "alice", admin=False)
+        refused = [
+            (alice, "GET", "user_access/bob", None),
+            (None, "GET", "user_access/alice", None),
+            (alice, "GET", "user_access", None),
+            (alice, "PATCH", "user_access/alice", DOCUMENT),
+            (alice, "DELETE", "user_access/alice", None),
+            (alice, "POST", "user_access?documentId=carol", DOCUMENT),
+            (alice, "GET", "customer_access/cus_alice", None),
+            *((alice, "GET", f"{collection}/seeded", None) for collection in COLLECTIONS),
+        ]
+        for token, method, path, body in refused:
+            client = Client(rules_host, project, token)
+            response = requests.request(
+                method, f"{client.base}/{path}", json=body, headers=client.headers, timeout=30
+            )
+            assert response.status_code == 403, (method, path, token is None, response.text)
+        query = {"structuredQuery": {"from": [{"collectionId": "user_access"}]}}
+        response = requests.post(
+            f"{Client(rules_host, project, alice).base}:runQuery",
+            json=query,
+            headers={"Authorization": f"Bearer {alice}"},
+            timeout=30,
+        )
+        assert response.status_code == 403, response.text
+        assert seeded.collection("user_access").document("alice").get().to_dict() == {
+            "active": True
+        }
+        assert not seeded.collection("user_access").document("carol").get().exists

@@ -42,6 +42,8 @@ COLLECTION_OF = {
     "price": "prices",
 }
 NOT_PROJECTED = {"invoice.sent", "invoice.overdue", "invoice.will_be_due"}
+ENTITLEMENTS = "entitlements.active_entitlement_summary.updated"
+"""Not a projection: its list of features is kept in the customer's access."""
 
 
 def ref(value: Any) -> Any:
@@ -212,7 +214,8 @@ class TestCurrentApiVersion:
         """All 115 snapshot events, in the folder's order (its lifecycles in order): each is
         answered 2xx; a projected one (its object of a projected family, its type not one
         left out on purpose, with an ID) writes the table's fields, read from this version's
-        shapes; every other is recorded `ignored`."""
+        shapes; the entitlement summary sets its customer's features; every other is recorded
+        `ignored`."""
         projected = set()
         files = snapshot_files()
         assert len(files) == 115
@@ -231,6 +234,11 @@ class TestCurrentApiVersion:
                 assert record["status"] == "completed", path.name
                 check_document(db, obj, event["type"], event["id"], path.name)
                 projected.add(COLLECTION_OF[obj["object"]])
+            elif event["type"] == ENTITLEMENTS:  # kept in the customer's access instead
+                assert record["status"] == "completed", path.name
+                access = db.collection("customer_access").document(obj["customer"]).get()
+                keys = [e["lookup_key"] for e in obj["entitlements"]["data"]]
+                assert (access.to_dict() or {}).get("features") == sorted(keys), path.name
             else:
                 assert record["status"] == "ignored", path.name
         assert projected == set(COLLECTION_OF.values())
