@@ -1,10 +1,10 @@
 """`stripe-ledger`: see, replay, reconcile and backfill the ledger's events from one command.
 
 `main` assembles the parser from the command groups, one module each (`events`, `replay`,
-`reconcile`, `backfill`, `send`, `stats`, `outbox`) holding its flags next to its body, runs
-the command chosen and maps how it ended to the exit status: 0 ok, 1 some events failed (or
-the operation could not be carried out), 2 usage or configuration error. The groups share
-`arguments` (common flags), `wiring` (the function's own settings, Firestore client and
+`reconcile`, `backfill`, `send`, `stats`, `outbox`, `access`) holding its flags next to its
+body, runs the command chosen and maps how it ended to the exit status: 0 ok, 1 some events
+failed (or the operation could not be carried out), 2 usage or configuration error. The
+groups share `arguments` (common flags), `wiring` (the function's own settings, Firestore client and
 handlers) and `render` (tables or `--json` on stdout; on stderr one JSON log line per event
 processed and per problem, and a progress bar when stderr is a terminal); no group imports
 another. Heavy modules are imported when a command runs, so `--help` answers at once.
@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from stripe_ledger.cli import (
+    access,
     backfill,
     events,
     outbox,
@@ -44,6 +45,7 @@ _GROUPS = (
     send,
     stats,
     outbox,
+    access,
 )  # in the order --help lists them
 
 
