@@ -8,6 +8,7 @@ configuration) and never see each other's documents.
 from __future__ import annotations
 
 import random
+import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -18,7 +19,7 @@ from google.cloud import firestore
 from test_utils.prefixer import Prefixer
 from test_utils.system import EmulatorCreds
 
-from tests.support import SECRET, FunctionServer, make_event
+from tests.support import ROOT, SECRET, FunctionServer, make_event
 
 pytestmark = [pytest.mark.emulator, pytest.mark.e2e]
 
@@ -440,3 +441,26 @@ class TestAnyOrder:
         assert user["subscriptions"]["sub_two_TAG"]["cancel_at_period_end"] is True
         assert user["subscriptions"]["sub_one_TAG"]["status"] == "canceled"
         assert customer["app_user_id"] == "user_alice_TAG"
+
+
+class TestTheReadmesServerSnippet:
+    def test_may_use_answers_from_the_document(self, function: Function) -> None:
+        """The README's Python `may_use`, run as written against the function's documents."""
+        readme = (ROOT / "README.md").read_text()
+        (block,) = [
+            b for b in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "may_use" in b
+        ]
+        namespace: dict[str, Any] = {}
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+        may_use = namespace["may_use"]
+        life = Life()
+        function.deliver(
+            life.customer_event("created", T0, life.user),
+            life.subscription_event("created", "one", "active", T0 + 10),
+            life.entitlements_event(T0 + 20, "export"),
+        )
+        assert may_use(function.db, life.user, "export") is True
+        assert may_use(function.db, life.user, "api") is False
+        assert may_use(function.db, life.other_user, "export") is False
+        function.deliver(life.subscription_event("deleted", "one", "canceled", T0 + 30))
+        assert may_use(function.db, life.user, "export") is False
