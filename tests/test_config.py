@@ -37,6 +37,24 @@ def test_several_secrets_and_modules() -> None:
     assert settings.handler_modules == ("app.billing", "app.mail")
 
 
+def test_access_settings() -> None:
+    """The access documents' defaults, and a grace period added to the statuses."""
+    defaults = Settings.from_env({"STRIPE_WEBHOOK_SECRET": SECRET})
+    assert (defaults.app_user_key, defaults.features_key) == ("app_user_id", "features")
+    assert (defaults.access_statuses, defaults.custom_claims) == (("active", "trialing"), False)
+    settings = Settings.from_env(
+        {
+            "STRIPE_WEBHOOK_SECRET": SECRET,
+            "STRIPE_APP_USER_KEY": "firebase_uid",
+            "STRIPE_ACCESS_STATUSES": "active, trialing, past_due",
+            "STRIPE_CUSTOM_CLAIMS": "true",
+        }
+    )
+    assert settings.app_user_key == "firebase_uid"
+    assert settings.access_statuses == ("active", "trialing", "past_due")
+    assert settings.custom_claims is True
+
+
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
@@ -52,6 +70,8 @@ def test_several_secrets_and_modules() -> None:
         ({"STRIPE_LEASE_SECONDS": "0"}, "STRIPE_LEASE_SECONDS"),
         ({"STRIPE_LEASE_SECONDS": "30"}, "at least 12 x STRIPE_FIRESTORE_TIMEOUT_SECONDS"),
         ({"STRIPE_EVENTS_COLLECTION": "a/b"}, "STRIPE_EVENTS_COLLECTION"),
+        ({"STRIPE_ACCESS_STATUSES": "active,pastdue"}, "names no subscription status: pastdue"),
+        ({"STRIPE_CUSTOM_CLAIMS": "maybe"}, "STRIPE_CUSTOM_CLAIMS must be true or false"),
     ],
 )
 def test_unsafe_configuration_is_refused(environ: dict[str, str], message: str) -> None:
