@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 from typing import Any
 
 import hcl2
+import pytest
 
 from stripe_ledger import bundle
+from stripe_ledger.config import SUBSCRIPTION_STATUSES, Settings
+from tests.deploy.plan import evaluate, plan_lifecycle
 from tests.deploy.terraform import (
     ROOT,
     TERRAFORM,
@@ -44,14 +48,22 @@ LEFT_AT_DEFAULT = {
     "STRIPE_REDELIVERY_AGE_SECONDS",  # an internal tuning knob of the claim
     "STRIPE_API_BASE",  # points the stripe client at a local fake, in tests only
 }
+# What handlers/access.py reads, as both functions are given it.
+ACCESS_ENVIRONMENT = {
+    "STRIPE_APP_USER_KEY": "${var.app_user_key}",
+    "STRIPE_FEATURES_KEY": "${var.features_key}",
+    "STRIPE_ACCESS_STATUSES": '${join(",", var.access_statuses)}',
+    "STRIPE_CUSTOM_CLAIMS": "${tostring(var.custom_claims)}",
+}
+FUNCTIONS = ("webhook", "outbox")
 
 
-def function() -> Block:
-    return configuration().resource("google_cloudfunctions2_function.webhook")
+def function(name: str = "webhook") -> Block:
+    return configuration().resource(f"google_cloudfunctions2_function.{name}")
 
 
-def service_config() -> dict[str, Any]:
-    (config,) = blocks_of(function().body, "service_config")
+def service_config(name: str = "webhook") -> dict[str, Any]:
+    (config,) = blocks_of(function(name).body, "service_config")
     return config
 
 
@@ -361,6 +373,111 @@ class TestFunction:
         assert bucket.get("public_access_prevention") == "enforced"
 
 
+class TestAccessSettings:
+    """The settings of the access documents (handlers/access.py) reach both functions (the
+    webhook keeps the documents, the outbox runs the tasks that mirror them), as the
+    function's config.py reads them, and Terraform refuses a value the function would."""
+
+    def test_both_functions_are_given_the_access_settings(self) -> None:
+        for name in FUNCTIONS:
+            environment = literal(service_config(name)["environment_variables"])
+            assert {key: environment.get(key) for key in ACCESS_ENVIRONMENT} == (
+                ACCESS_ENVIRONMENT
+            ), name
+
+    @pytest.mark.parametrize(
+        "variables",
+        [
+            {},
+            {
+                "app_user_key": "firebase_uid",
+                "features_key": "app_features",
+                "access_statuses": ["active", "trialing", "past_due"],
+                "custom_claims": True,
+            },
+        ],
+        ids=["defaults", "set"],
+    )
+    def test_the_function_reads_what_terraform_passes(
+        self, tmp_path: Path, variables: dict[str, Any]
+    ) -> None:
+        """Terraform renders the variables (defaults, then others) into the values the
+        function's environment gets; Settings.from_env reads them back as the variables say,
+        so the defaults are the function's own."""
+        expressions = {key.lower(): value[2:-1] for key, value in ACCESS_ENVIRONMENT.items()}
+        values = evaluate(tmp_path, expressions, variables=variables)
+        settings = Settings.from_env(
+            {key: values[key.lower()] for key in ACCESS_ENVIRONMENT}, require_secret=False
+        )
+        config = configuration()
+        expected = {name: config.default(name) for name in ("app_user_key", "features_key")}
+        expected |= {"access_statuses": config.default("access_statuses")}
+        expected |= {"custom_claims": config.default("custom_claims"), **variables}
+        assert {
+            "app_user_key": settings.app_user_key,
+            "features_key": settings.features_key,
+            "access_statuses": list(settings.access_statuses),
+            "custom_claims": settings.custom_claims,
+        } == expected
+        if not variables:
+            defaults = Settings(webhook_secrets=())
+            assert settings.access_statuses == defaults.access_statuses
+            assert (settings.app_user_key, settings.features_key, settings.custom_claims) == (
+                defaults.app_user_key,
+                defaults.features_key,
+                defaults.custom_claims,
+            )
+
+    def test_statuses_are_validated_against_the_functions_list(self) -> None:
+        """access_statuses accepts exactly config.SUBSCRIPTION_STATUSES, as the function."""
+        validations = literal(configuration().variables["access_statuses"]["validation"])
+        conditions = [validation["condition"] for validation in validations]
+        (listed,) = [re.findall(r'"([a-z_]+)"', c) for c in conditions if "contains(" in c]
+        assert len(listed) == len(set(listed))
+        assert set(listed) == SUBSCRIPTION_STATUSES
+
+    @pytest.mark.parametrize(
+        ("variable", "value"),
+        [
+            ("app_user_key", ""),
+            ("app_user_key", "app,user"),
+            ("app_user_key", " app_user_id"),
+            ("app_user_key", "k" * 41),
+            ("features_key", ""),
+            ("features_key", "a,b"),
+            ("access_statuses", []),
+            ("access_statuses", ["active", "past-due"]),
+            ("access_statuses", ["Active"]),
+        ],
+    )
+    def test_a_value_the_function_would_refuse_or_misread_fails_the_plan(
+        self, tmp_path: Path, variable: str, value: Any
+    ) -> None:
+        plan = plan_lifecycle(
+            tmp_path,
+            "google_cloudfunctions2_function.webhook",
+            {"webhook_secret_version": "1", variable: value},
+        )
+        assert not plan.ok
+        assert f"{variable} must" in plan.message, plan.output
+
+    @pytest.mark.parametrize(
+        "variables",
+        [
+            {"access_statuses": sorted(SUBSCRIPTION_STATUSES)},
+            {"access_statuses": ["past_due"], "app_user_key": "k" * 40, "features_key": "f"},
+            {"custom_claims": True},
+        ],
+    )
+    def test_valid_values_plan(self, tmp_path: Path, variables: dict[str, Any]) -> None:
+        plan = plan_lifecycle(
+            tmp_path,
+            "google_cloudfunctions2_function.webhook",
+            {"webhook_secret_version": "1", **variables},
+        )
+        assert plan.ok, plan.output
+
+
 class TestApis:
     def test_required_apis_stay_enabled_on_destroy(self) -> None:
         """Every API is enabled by google_project_service and never disabled by destroy."""
@@ -403,6 +520,9 @@ class TestInterface:
             "event_retention_days",
             "firestore_timeout_seconds",
             "webhook_secret_version",
+            "app_user_key",
+            "features_key",
+            "access_statuses",
         } <= validated
         conditions = [
             c["condition"] for c in literal(config.variables["event_retention_days"]["validation"])

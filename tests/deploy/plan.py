@@ -102,13 +102,24 @@ def plan_lifecycle(
     return Plan(result.returncode, result.stdout + result.stderr)
 
 
-def evaluate(workdir: Path, expressions: dict[str, str]) -> dict[str, Any]:
+def evaluate(
+    workdir: Path,
+    expressions: dict[str, str],
+    *,
+    variables: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The values Terraform gives `expressions` (name -> HCL expression), by applying a
-    configuration of outputs only (no provider, local state in `workdir`)."""
+    configuration of outputs only (no provider, local state in `workdir`). With `variables`,
+    terraform/variables.tf (validations included) is declared too and given them (project_id
+    has a default), so that the expressions may read `var.*`."""
     binary = shutil.which("terraform")
     if binary is None:
         raise RuntimeError("terraform is not on PATH: install Terraform >= 1.9")
     workdir.mkdir(parents=True, exist_ok=True)
+    if variables is not None:
+        shutil.copyfile(TERRAFORM / "variables.tf", workdir / "variables.tf")
+        values = {"project_id": "demo-project-1", **variables}
+        (workdir / "terraform.tfvars.json").write_text(json.dumps(values))
     (workdir / "main.tf").write_text(
         "".join(f'output "{name}" {{\n  value = {text}\n}}\n' for name, text in expressions.items())
     )
