@@ -89,6 +89,7 @@ resource "google_cloudfunctions2_function" "webhook" {
   depends_on = [
     google_project_service.required,
     google_project_iam_member.runtime_datastore_user,
+    google_project_iam_member.runtime_firebaseauth_admin,
     google_secret_manager_secret_iam_member.runtime_reads,
     google_project_iam_member.build_log_writer,
     google_project_iam_member.build_source_reader,

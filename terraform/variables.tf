@@ -403,7 +403,7 @@ variable "access_statuses" {
 }
 
 variable "custom_claims" {
-  description = "Mirror each user's access into Firebase Auth custom claims from the outbox (STRIPE_CUSTOM_CLAIMS)."
+  description = "Mirror each user's access into Firebase Auth custom claims from the outbox (STRIPE_CUSTOM_CLAIMS). True enables the Identity Toolkit API and grants the account both functions run as roles/firebaseauth.admin; false (the default) enables and grants nothing."
   type        = bool
   default     = false
 }

@@ -143,8 +143,12 @@ class TestLeastPrivilege:
 
     def test_runtime_account_uses_the_ledger_and_its_own_secrets(self) -> None:
         """Runtime SA: roles/datastore.user on the ledger database, secretAccessor on its two
-        secrets, nothing else."""
-        grants = [block for block in iam_members() if block.get("member") == RUNTIME]
+        secrets, nothing else unconditionally (custom claims' role: the next test)."""
+        grants = [
+            block
+            for block in iam_members()
+            if block.get("member") == RUNTIME and block.get("count") is None
+        ]
         assert sorted((b.type, b.get("role")) for b in grants) == [
             ("google_project_iam_member", "roles/datastore.user"),
             ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor"),
@@ -164,6 +168,35 @@ class TestLeastPrivilege:
         assert service_config()["service_account_email"] == (
             "${google_service_account.runtime.email}"
         )
+
+    def test_firebase_auth_admin_only_with_custom_claims(self, tmp_path: Path) -> None:
+        """The runtime SA's one conditional grant: roles/firebaseauth.admin, which setting
+        custom claims needs, on as many instances as Terraform counts: none by default,
+        one with custom_claims. Both functions run as that account and wait for it."""
+        conditional = [
+            block
+            for block in iam_members()
+            if block.get("member") == RUNTIME and block.get("count") is not None
+        ]
+        assert [(b.address, b.get("role")) for b in conditional] == [
+            ("google_project_iam_member.runtime_firebaseauth_admin", "roles/firebaseauth.admin")
+        ]
+        (grant,) = conditional
+        assert grant.get("project") == "${var.project_id}"
+        assert "condition" not in grant.body
+        count = str(grant.get("count"))[2:-1]
+        assert configuration().default("custom_claims") is False
+        for custom_claims, instances in ((False, 0), (True, 1)):
+            workdir = tmp_path / str(custom_claims)
+            values = evaluate(workdir, {"count": count}, variables={"custom_claims": custom_claims})
+            assert values == {"count": instances}
+        for name in FUNCTIONS:
+            assert service_config(name)["service_account_email"] == (
+                "${google_service_account.runtime.email}"
+            )
+            needs = function(name).get("depends_on")
+            assert f"${{{grant.address}}}" in needs, name
+            assert "${google_project_service.required}" in needs, name
 
     def test_build_account_has_only_what_cloud_build_needs(self) -> None:
         """Build SA: write logs, read the staged source, push to this deployment's repository."""
@@ -498,6 +531,27 @@ class TestApis:
             "logging.googleapis.com",
             "monitoring.googleapis.com",
         } <= enabled
+
+    @pytest.mark.parametrize("custom_claims", [False, True])
+    def test_identity_toolkit_only_with_custom_claims(
+        self, tmp_path: Path, custom_claims: bool
+    ) -> None:
+        """local.services, as Terraform evaluates main.tf's text, holds the Identity Toolkit
+        API (Firebase Authentication's, which firebase-admin calls to set custom claims)
+        when custom_claims is true and only then, and every other API either way."""
+        values = evaluate(
+            tmp_path,
+            {"services": "local.services"},
+            variables={"custom_claims": custom_claims},
+            locals_from=("main.tf",),
+        )
+        enabled = set(values["services"])
+        listed = set(
+            re.findall(r'"([a-z0-9.]+\.googleapis\.com)"', configuration().locals["services"])
+        )
+        optional = {"identitytoolkit.googleapis.com"}
+        assert enabled == (listed if custom_claims else listed - optional)
+        assert optional <= listed
 
 
 class TestInterface:
