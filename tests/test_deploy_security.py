@@ -16,6 +16,7 @@ from typing import Any
 import hcl2
 import pytest
 
+from handlers.access import CUSTOMER_ACCESS, USER_ACCESS, access_collections
 from stripe_ledger import bundle
 from stripe_ledger.config import SUBSCRIPTION_STATUSES, Settings
 from tests.deploy.plan import evaluate, plan_lifecycle
@@ -270,10 +271,12 @@ class TestFirestore:
                 assert literal(block.body["index_config"]) == [{}], block.address
 
     def test_large_fields_are_exempt_from_indexing(self) -> None:
-        """payload and payload_zlib (ledger), payload (outbox) and object (every projection)
-        have no single-field index."""
+        """payload and payload_zlib (ledger), payload (outbox), object (every projection) and
+        the access documents' maps keyed by subscription or customer ID have no
+        single-field index."""
         exempt: set[tuple[str, str]] = set()
         config = configuration()
+        access = literal(config.locals["access_collections"])
         for block in fields():
             if literal(block.body.get("index_config")) != [{}] or blocks_of(
                 block.body, "ttl_config"
@@ -287,12 +290,33 @@ class TestFirestore:
             elif collection == "${each.value}":
                 assert for_each == "${toset(var.projection_collections)}"
                 exempt |= {(name, field) for name in config.default("projection_collections")}
+            elif (collection, field) == ("${each.value.collection}", "${each.value.field}"):
+                for spec in for_each.values():
+                    name = re.fullmatch(
+                        r"\$\{local\.access_collections\.(\w+)\}", spec["collection"]
+                    )
+                    assert name, spec
+                    exempt.add((access[name[1]], spec["field"]))
+            else:
+                raise AssertionError(f"{block.address}: an exemption this test cannot read")
         assert exempt == {
             ("${var.events_collection}", "payload"),
             ("${var.events_collection}", "payload_zlib"),
             ("${var.tasks_collection}", "payload"),
             *((name, "object") for name in PROJECTIONS),
+            (CUSTOMER_ACCESS, "subscriptions"),
+            (USER_ACCESS, "subscriptions"),
+            (USER_ACCESS, "customer_features"),
         }
+
+    def test_access_collections_are_the_codes(self) -> None:
+        """The collections local.access_collections names are the ones handlers/access.py
+        keeps (not projections: they hold no `object`, so they are not in
+        projection_collections)."""
+        access = literal(configuration().locals["access_collections"])
+        assert access == {"customer": CUSTOMER_ACCESS, "user": USER_ACCESS}
+        assert set(access.values()) == set(access_collections())
+        assert not set(access.values()) & set(configuration().default("projection_collections"))
 
     def test_composite_indexes_of_the_operations_queries(self) -> None:
         """(status, received_at desc), (type, received_at desc) and
