@@ -2,9 +2,10 @@
 #
 #   terraform apply -target=terraform_data.bootstrap
 #
-# creates what must exist before the rest can be: the APIs, the Secret Manager secret of the
-# signing secret (the webhook cannot be planned until a version of it exists, function.tf)
-# and the log-based metrics. Cloud Monitoring refuses an alert policy on a log-based metric
+# creates what must exist before the rest can be: the APIs (Identity Toolkit among them when
+# custom_claims is already true; an apply that turns it on later enables it before it updates
+# the functions), the Secret Manager secret of the signing secret (the webhook cannot be
+# planned until a version of it exists, function.tf) and the log-based metrics. Cloud Monitoring refuses an alert policy on a log-based metric
 # for minutes after the metric is created ("Error 404: Cannot find metric(s)",
 # hashicorp/terraform-provider-google#11102); created here, the metrics have long been
 # usable when the full apply creates the policies, which also wait for the functions' builds.

@@ -79,6 +79,33 @@ resource "google_firestore_field" "projection_object" {
   index_config {}
 }
 
+# The access documents of handlers/access.py. Their collections are the code's, not settings.
+locals {
+  access_collections = {
+    customer = "customer_access"
+    user     = "user_access"
+  }
+}
+
+# Their maps keyed by subscription ID (`subscriptions`) or customer ID (`customer_features`)
+# gain a key with every subscription and customer: indexed, each key would be index entries
+# on every write and a step towards the index-entry limit, and no query reads them (an app
+# reads its user's document by its ID).
+resource "google_firestore_field" "access_unindexed" {
+  for_each = {
+    customer_subscriptions = { collection = local.access_collections.customer, field = "subscriptions" }
+    user_subscriptions     = { collection = local.access_collections.user, field = "subscriptions" }
+    user_customer_features = { collection = local.access_collections.user, field = "customer_features" }
+  }
+
+  project    = var.project_id
+  database   = google_firestore_database.ledger.name
+  collection = each.value.collection
+  field      = each.value.field
+
+  index_config {}
+}
+
 # The queries of the operations CLI (`stripe-ledger events list --status ... --type ...`): equality on
 # status and/or type, newest first. Each index lists its fields in order, with their direction.
 resource "google_firestore_index" "ledger" {

@@ -69,3 +69,15 @@ resource "google_artifact_registry_repository_iam_member" "build_pushes_image" {
   role       = "roles/artifactregistry.writer"
   member     = google_service_account.build.member
 }
+
+# With custom_claims, the outbox's tasks set each user's Firebase Authentication custom claims
+# (firebase-admin), and tasks run in both functions, so the account both run as needs the
+# role. It is the whole project's Firebase Authentication (read, create, update and delete
+# users, and its configuration): nothing is granted while custom_claims is false.
+resource "google_project_iam_member" "runtime_firebaseauth_admin" {
+  count = var.custom_claims ? 1 : 0
+
+  project = var.project_id
+  role    = "roles/firebaseauth.admin"
+  member  = google_service_account.runtime.member
+}

@@ -17,12 +17,11 @@ data "google_project" "this" {
   project_id = var.project_id
 }
 
+# The APIs the deployment calls. They stay enabled on `terraform destroy`: other workloads in
+# the project may use them, and disabling Firestore's API does not delete its data anyway.
+# Identity Toolkit (Firebase Authentication's API) only when the functions set custom claims.
 locals {
-  repo_root = abspath("${path.module}/..")
-
-  # The APIs the deployment calls. They stay enabled on `terraform destroy`: other workloads
-  # in the project may use them, and disabling Firestore's API does not delete its data anyway.
-  services = toset([
+  services = setunion([
     "artifactregistry.googleapis.com",
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
@@ -36,7 +35,11 @@ locals {
     "run.googleapis.com",
     "secretmanager.googleapis.com",
     "storage.googleapis.com",
-  ])
+  ], var.custom_claims ? ["identitytoolkit.googleapis.com"] : [])
+}
+
+locals {
+  repo_root = abspath("${path.module}/..")
 
   # Logs of the function's Cloud Run service: what the log-based metrics count.
   function_logs = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"${var.function_name}\""

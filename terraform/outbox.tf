@@ -53,6 +53,10 @@ resource "google_cloudfunctions2_function" "outbox" {
       STRIPE_API_TIMEOUT_SECONDS       = tostring(var.stripe_api_timeout_seconds)
       STRIPE_REFETCH                   = tostring(var.refetch)
       STRIPE_REFETCH_EXCLUDE           = join(",", var.refetch_exclude)
+      STRIPE_APP_USER_KEY              = var.app_user_key
+      STRIPE_FEATURES_KEY              = var.features_key
+      STRIPE_ACCESS_STATUSES           = join(",", var.access_statuses)
+      STRIPE_CUSTOM_CLAIMS             = tostring(var.custom_claims)
       # A task claimed here is leased for as long as this request may run; the runner starts
       # no task after half of it.
       STRIPE_LEASE_SECONDS = tostring(var.outbox_timeout_seconds)
@@ -73,6 +77,7 @@ resource "google_cloudfunctions2_function" "outbox" {
   depends_on = [
     google_project_service.required,
     google_project_iam_member.runtime_datastore_user,
+    google_project_iam_member.runtime_firebaseauth_admin,
     google_secret_manager_secret_iam_member.runtime_reads,
     google_project_iam_member.build_log_writer,
     google_project_iam_member.build_source_reader,

@@ -364,6 +364,50 @@ variable "refetch_exclude" {
   default     = []
 }
 
+variable "app_user_key" {
+  description = "Customer metadata key naming the app's user a customer's access belongs to, user_access/{that value} (STRIPE_APP_USER_KEY). A customer without it is linked by the client_reference_id of its latest completed Checkout Session."
+  type        = string
+  default     = "app_user_id"
+
+  validation {
+    condition     = length(var.app_user_key) >= 1 && length(var.app_user_key) <= 40 && trimspace(var.app_user_key) == var.app_user_key && !strcontains(var.app_user_key, ",")
+    error_message = "app_user_key must be a Stripe metadata key: 1-40 characters, no comma, no leading or trailing space."
+  }
+}
+
+variable "features_key" {
+  description = "Product metadata key listing a product's features, comma-separated, for customers Stripe sends no Entitlements summary for (STRIPE_FEATURES_KEY)."
+  type        = string
+  default     = "features"
+
+  validation {
+    condition     = length(var.features_key) >= 1 && length(var.features_key) <= 40 && trimspace(var.features_key) == var.features_key && !strcontains(var.features_key, ",")
+    error_message = "features_key must be a Stripe metadata key: 1-40 characters, no comma, no leading or trailing space."
+  }
+}
+
+variable "access_statuses" {
+  description = "Subscription statuses that grant access in customer_access and user_access (STRIPE_ACCESS_STATUSES); add past_due for a grace period while Stripe retries a payment."
+  type        = list(string)
+  default     = ["active", "trialing"]
+
+  validation {
+    condition     = length(var.access_statuses) >= 1
+    error_message = "access_statuses must name at least one subscription status (an empty list would fall back to the function's default, active and trialing)."
+  }
+
+  validation {
+    condition     = alltrue([for status in var.access_statuses : contains(["incomplete", "incomplete_expired", "trialing", "active", "past_due", "unpaid", "canceled", "paused"], status)])
+    error_message = "Each of access_statuses must be a Stripe subscription status: incomplete, incomplete_expired, trialing, active, past_due, unpaid, canceled or paused."
+  }
+}
+
+variable "custom_claims" {
+  description = "Mirror each user's access into Firebase Auth custom claims from the outbox (STRIPE_CUSTOM_CLAIMS). True enables the Identity Toolkit API and grants the account both functions run as roles/firebaseauth.admin; false (the default) enables and grants nothing."
+  type        = bool
+  default     = false
+}
+
 variable "public_invoker" {
   description = "Grant roles/run.invoker to allUsers so that Stripe can call the function. Set false where an organisation policy forbids allUsers, and see docs/deploy.md for the alternative."
   type        = bool

@@ -3,6 +3,7 @@ the resources it names are those of terraform/."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -52,3 +53,26 @@ def test_every_service_account_is_listed() -> None:
     for block in config.of_type("google_service_account"):
         variable = str(block.get("account_id")).removeprefix("${var.").removesuffix("}")
         assert f"`{config.default(variable)}`" in TABLE, variable
+
+
+def test_access_section_names_the_settings_role_and_api() -> None:
+    """The guide's access section lists each access variable with its environment variable
+    and the default Terraform gives it, and names the role and the API that custom claims
+    add (and that they are off by default): the ones terraform/ grants and enables."""
+    start = GUIDE.index("## Access and custom claims")
+    section = GUIDE[start : GUIDE.index("\n## ", start + 1)]
+    config = configuration()
+    for variable, environment in (
+        ("app_user_key", "STRIPE_APP_USER_KEY"),
+        ("features_key", "STRIPE_FEATURES_KEY"),
+        ("access_statuses", "STRIPE_ACCESS_STATUSES"),
+        ("custom_claims", "STRIPE_CUSTOM_CLAIMS"),
+    ):
+        default = json.dumps(config.default(variable), separators=(", ", ": "))
+        row = f"| `{variable}` | `{environment}` | `{default.strip(chr(34))}` |"
+        assert row in section, row
+    grant = config.resource("google_project_iam_member.runtime_firebaseauth_admin")
+    assert f"`{grant.get('role')}`" in section
+    assert "identitytoolkit.googleapis.com" in str(config.locals["services"])
+    assert "Identity Toolkit" in section
+    assert "**off by default**" in section

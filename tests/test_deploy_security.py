@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 from typing import Any
 
 import hcl2
+import pytest
 
+from handlers.access import CUSTOMER_ACCESS, USER_ACCESS, access_collections
 from stripe_ledger import bundle
+from stripe_ledger.config import SUBSCRIPTION_STATUSES, Settings
+from tests.deploy.plan import evaluate, plan_lifecycle
 from tests.deploy.terraform import (
     ROOT,
     TERRAFORM,
@@ -44,14 +49,22 @@ LEFT_AT_DEFAULT = {
     "STRIPE_REDELIVERY_AGE_SECONDS",  # an internal tuning knob of the claim
     "STRIPE_API_BASE",  # points the stripe client at a local fake, in tests only
 }
+# What handlers/access.py reads, as both functions are given it.
+ACCESS_ENVIRONMENT = {
+    "STRIPE_APP_USER_KEY": "${var.app_user_key}",
+    "STRIPE_FEATURES_KEY": "${var.features_key}",
+    "STRIPE_ACCESS_STATUSES": '${join(",", var.access_statuses)}',
+    "STRIPE_CUSTOM_CLAIMS": "${tostring(var.custom_claims)}",
+}
+FUNCTIONS = ("webhook", "outbox")
 
 
-def function() -> Block:
-    return configuration().resource("google_cloudfunctions2_function.webhook")
+def function(name: str = "webhook") -> Block:
+    return configuration().resource(f"google_cloudfunctions2_function.{name}")
 
 
-def service_config() -> dict[str, Any]:
-    (config,) = blocks_of(function().body, "service_config")
+def service_config(name: str = "webhook") -> dict[str, Any]:
+    (config,) = blocks_of(function(name).body, "service_config")
     return config
 
 
@@ -131,8 +144,12 @@ class TestLeastPrivilege:
 
     def test_runtime_account_uses_the_ledger_and_its_own_secrets(self) -> None:
         """Runtime SA: roles/datastore.user on the ledger database, secretAccessor on its two
-        secrets, nothing else."""
-        grants = [block for block in iam_members() if block.get("member") == RUNTIME]
+        secrets, nothing else unconditionally (custom claims' role: the next test)."""
+        grants = [
+            block
+            for block in iam_members()
+            if block.get("member") == RUNTIME and block.get("count") is None
+        ]
         assert sorted((b.type, b.get("role")) for b in grants) == [
             ("google_project_iam_member", "roles/datastore.user"),
             ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor"),
@@ -152,6 +169,35 @@ class TestLeastPrivilege:
         assert service_config()["service_account_email"] == (
             "${google_service_account.runtime.email}"
         )
+
+    def test_firebase_auth_admin_only_with_custom_claims(self, tmp_path: Path) -> None:
+        """The runtime SA's one conditional grant: roles/firebaseauth.admin, which setting
+        custom claims needs, on as many instances as Terraform counts: none by default,
+        one with custom_claims. Both functions run as that account and wait for it."""
+        conditional = [
+            block
+            for block in iam_members()
+            if block.get("member") == RUNTIME and block.get("count") is not None
+        ]
+        assert [(b.address, b.get("role")) for b in conditional] == [
+            ("google_project_iam_member.runtime_firebaseauth_admin", "roles/firebaseauth.admin")
+        ]
+        (grant,) = conditional
+        assert grant.get("project") == "${var.project_id}"
+        assert "condition" not in grant.body
+        count = str(grant.get("count"))[2:-1]
+        assert configuration().default("custom_claims") is False
+        for custom_claims, instances in ((False, 0), (True, 1)):
+            workdir = tmp_path / str(custom_claims)
+            values = evaluate(workdir, {"count": count}, variables={"custom_claims": custom_claims})
+            assert values == {"count": instances}
+        for name in FUNCTIONS:
+            assert service_config(name)["service_account_email"] == (
+                "${google_service_account.runtime.email}"
+            )
+            needs = function(name).get("depends_on")
+            assert f"${{{grant.address}}}" in needs, name
+            assert "${google_project_service.required}" in needs, name
 
     def test_build_account_has_only_what_cloud_build_needs(self) -> None:
         """Build SA: write logs, read the staged source, push to this deployment's repository."""
@@ -225,10 +271,12 @@ class TestFirestore:
                 assert literal(block.body["index_config"]) == [{}], block.address
 
     def test_large_fields_are_exempt_from_indexing(self) -> None:
-        """payload and payload_zlib (ledger), payload (outbox) and object (every projection)
-        have no single-field index."""
+        """payload and payload_zlib (ledger), payload (outbox), object (every projection) and
+        the access documents' maps keyed by subscription or customer ID have no
+        single-field index."""
         exempt: set[tuple[str, str]] = set()
         config = configuration()
+        access = literal(config.locals["access_collections"])
         for block in fields():
             if literal(block.body.get("index_config")) != [{}] or blocks_of(
                 block.body, "ttl_config"
@@ -242,12 +290,33 @@ class TestFirestore:
             elif collection == "${each.value}":
                 assert for_each == "${toset(var.projection_collections)}"
                 exempt |= {(name, field) for name in config.default("projection_collections")}
+            elif (collection, field) == ("${each.value.collection}", "${each.value.field}"):
+                for spec in for_each.values():
+                    name = re.fullmatch(
+                        r"\$\{local\.access_collections\.(\w+)\}", spec["collection"]
+                    )
+                    assert name, spec
+                    exempt.add((access[name[1]], spec["field"]))
+            else:
+                raise AssertionError(f"{block.address}: an exemption this test cannot read")
         assert exempt == {
             ("${var.events_collection}", "payload"),
             ("${var.events_collection}", "payload_zlib"),
             ("${var.tasks_collection}", "payload"),
             *((name, "object") for name in PROJECTIONS),
+            (CUSTOMER_ACCESS, "subscriptions"),
+            (USER_ACCESS, "subscriptions"),
+            (USER_ACCESS, "customer_features"),
         }
+
+    def test_access_collections_are_the_codes(self) -> None:
+        """The collections local.access_collections names are the ones handlers/access.py
+        keeps (not projections: they hold no `object`, so they are not in
+        projection_collections)."""
+        access = literal(configuration().locals["access_collections"])
+        assert access == {"customer": CUSTOMER_ACCESS, "user": USER_ACCESS}
+        assert set(access.values()) == set(access_collections())
+        assert not set(access.values()) & set(configuration().default("projection_collections"))
 
     def test_composite_indexes_of_the_operations_queries(self) -> None:
         """(status, received_at desc), (type, received_at desc) and
@@ -361,6 +430,111 @@ class TestFunction:
         assert bucket.get("public_access_prevention") == "enforced"
 
 
+class TestAccessSettings:
+    """The settings of the access documents (handlers/access.py) reach both functions (the
+    webhook keeps the documents, the outbox runs the tasks that mirror them), as the
+    function's config.py reads them, and Terraform refuses a value the function would."""
+
+    def test_both_functions_are_given_the_access_settings(self) -> None:
+        for name in FUNCTIONS:
+            environment = literal(service_config(name)["environment_variables"])
+            assert {key: environment.get(key) for key in ACCESS_ENVIRONMENT} == (
+                ACCESS_ENVIRONMENT
+            ), name
+
+    @pytest.mark.parametrize(
+        "variables",
+        [
+            {},
+            {
+                "app_user_key": "firebase_uid",
+                "features_key": "app_features",
+                "access_statuses": ["active", "trialing", "past_due"],
+                "custom_claims": True,
+            },
+        ],
+        ids=["defaults", "set"],
+    )
+    def test_the_function_reads_what_terraform_passes(
+        self, tmp_path: Path, variables: dict[str, Any]
+    ) -> None:
+        """Terraform renders the variables (defaults, then others) into the values the
+        function's environment gets; Settings.from_env reads them back as the variables say,
+        so the defaults are the function's own."""
+        expressions = {key.lower(): value[2:-1] for key, value in ACCESS_ENVIRONMENT.items()}
+        values = evaluate(tmp_path, expressions, variables=variables)
+        settings = Settings.from_env(
+            {key: values[key.lower()] for key in ACCESS_ENVIRONMENT}, require_secret=False
+        )
+        config = configuration()
+        expected = {name: config.default(name) for name in ("app_user_key", "features_key")}
+        expected |= {"access_statuses": config.default("access_statuses")}
+        expected |= {"custom_claims": config.default("custom_claims"), **variables}
+        assert {
+            "app_user_key": settings.app_user_key,
+            "features_key": settings.features_key,
+            "access_statuses": list(settings.access_statuses),
+            "custom_claims": settings.custom_claims,
+        } == expected
+        if not variables:
+            defaults = Settings(webhook_secrets=())
+            assert settings.access_statuses == defaults.access_statuses
+            assert (settings.app_user_key, settings.features_key, settings.custom_claims) == (
+                defaults.app_user_key,
+                defaults.features_key,
+                defaults.custom_claims,
+            )
+
+    def test_statuses_are_validated_against_the_functions_list(self) -> None:
+        """access_statuses accepts exactly config.SUBSCRIPTION_STATUSES, as the function."""
+        validations = literal(configuration().variables["access_statuses"]["validation"])
+        conditions = [validation["condition"] for validation in validations]
+        (listed,) = [re.findall(r'"([a-z_]+)"', c) for c in conditions if "contains(" in c]
+        assert len(listed) == len(set(listed))
+        assert set(listed) == SUBSCRIPTION_STATUSES
+
+    @pytest.mark.parametrize(
+        ("variable", "value"),
+        [
+            ("app_user_key", ""),
+            ("app_user_key", "app,user"),
+            ("app_user_key", " app_user_id"),
+            ("app_user_key", "k" * 41),
+            ("features_key", ""),
+            ("features_key", "a,b"),
+            ("access_statuses", []),
+            ("access_statuses", ["active", "past-due"]),
+            ("access_statuses", ["Active"]),
+        ],
+    )
+    def test_a_value_the_function_would_refuse_or_misread_fails_the_plan(
+        self, tmp_path: Path, variable: str, value: Any
+    ) -> None:
+        plan = plan_lifecycle(
+            tmp_path,
+            "google_cloudfunctions2_function.webhook",
+            {"webhook_secret_version": "1", variable: value},
+        )
+        assert not plan.ok
+        assert f"{variable} must" in plan.message, plan.output
+
+    @pytest.mark.parametrize(
+        "variables",
+        [
+            {"access_statuses": sorted(SUBSCRIPTION_STATUSES)},
+            {"access_statuses": ["past_due"], "app_user_key": "k" * 40, "features_key": "f"},
+            {"custom_claims": True},
+        ],
+    )
+    def test_valid_values_plan(self, tmp_path: Path, variables: dict[str, Any]) -> None:
+        plan = plan_lifecycle(
+            tmp_path,
+            "google_cloudfunctions2_function.webhook",
+            {"webhook_secret_version": "1", **variables},
+        )
+        assert plan.ok, plan.output
+
+
 class TestApis:
     def test_required_apis_stay_enabled_on_destroy(self) -> None:
         """Every API is enabled by google_project_service and never disabled by destroy."""
@@ -381,6 +555,27 @@ class TestApis:
             "logging.googleapis.com",
             "monitoring.googleapis.com",
         } <= enabled
+
+    @pytest.mark.parametrize("custom_claims", [False, True])
+    def test_identity_toolkit_only_with_custom_claims(
+        self, tmp_path: Path, custom_claims: bool
+    ) -> None:
+        """local.services, as Terraform evaluates main.tf's text, holds the Identity Toolkit
+        API (Firebase Authentication's, which firebase-admin calls to set custom claims)
+        when custom_claims is true and only then, and every other API either way."""
+        values = evaluate(
+            tmp_path,
+            {"services": "local.services"},
+            variables={"custom_claims": custom_claims},
+            locals_from=("main.tf",),
+        )
+        enabled = set(values["services"])
+        listed = set(
+            re.findall(r'"([a-z0-9.]+\.googleapis\.com)"', configuration().locals["services"])
+        )
+        optional = {"identitytoolkit.googleapis.com"}
+        assert enabled == (listed if custom_claims else listed - optional)
+        assert optional <= listed
 
 
 class TestInterface:
@@ -403,6 +598,9 @@ class TestInterface:
             "event_retention_days",
             "firestore_timeout_seconds",
             "webhook_secret_version",
+            "app_user_key",
+            "features_key",
+            "access_statuses",
         } <= validated
         conditions = [
             c["condition"] for c in literal(config.variables["event_retention_days"]["validation"])

@@ -102,13 +102,29 @@ def plan_lifecycle(
     return Plan(result.returncode, result.stdout + result.stderr)
 
 
-def evaluate(workdir: Path, expressions: dict[str, str]) -> dict[str, Any]:
+def evaluate(
+    workdir: Path,
+    expressions: dict[str, str],
+    *,
+    variables: dict[str, Any] | None = None,
+    locals_from: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """The values Terraform gives `expressions` (name -> HCL expression), by applying a
-    configuration of outputs only (no provider, local state in `workdir`)."""
+    configuration of outputs only (no provider, local state in `workdir`). With `variables`,
+    terraform/variables.tf (validations included) is declared too and given them (project_id
+    has a default), so that the expressions may read `var.*`; `locals_from` adds the first
+    `locals` block of each file named, so that they may read those `local.*`."""
     binary = shutil.which("terraform")
     if binary is None:
         raise RuntimeError("terraform is not on PATH: install Terraform >= 1.9")
     workdir.mkdir(parents=True, exist_ok=True)
+    if variables is not None:
+        shutil.copyfile(TERRAFORM / "variables.tf", workdir / "variables.tf")
+        values = {"project_id": "demo-project-1", **variables}
+        (workdir / "terraform.tfvars.json").write_text(json.dumps(values))
+    if locals_from:
+        blocks = [block_text((TERRAFORM / f).read_text(), r"^locals \{") for f in locals_from]
+        (workdir / "locals.tf").write_text("\n\n".join(blocks) + "\n")
     (workdir / "main.tf").write_text(
         "".join(f'output "{name}" {{\n  value = {text}\n}}\n' for name, text in expressions.items())
     )
