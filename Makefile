@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+# firebase-tools, for the tests' Firebase Auth emulator (tests/auth_emulator.py); needs Node 20+.
+FIREBASE_TOOLS_VERSION := 15.34.2
+NODE_DIR := .node
+NODE_STAMP := $(NODE_DIR)/.installed-$(FIREBASE_TOOLS_VERSION)
 EMULATOR_PORT ?= 8086
 PORT ?= 8080
 HOST ?= 127.0.0.1
@@ -25,7 +29,14 @@ $(CHECKOV_STAMP):
 	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==3.3.30'
 	touch $(CHECKOV_STAMP)
 
-install: $(STAMP) $(CHECKOV_STAMP)
+# The version is in the stamp's name: changing FIREBASE_TOOLS_VERSION reinstalls.
+$(NODE_STAMP):
+	rm -rf $(NODE_DIR)
+	npm install --prefix $(NODE_DIR) --save-exact --no-audit --no-fund --no-update-notifier \
+		firebase-tools@$(FIREBASE_TOOLS_VERSION)
+	touch $(NODE_STAMP)
+
+install: $(STAMP) $(CHECKOV_STAMP) $(NODE_STAMP)
 
 ## Serve the function on http://$(HOST):$(PORT)/ against its own Firestore emulator on
 ## 127.0.0.1:$(EMULATOR_PORT), running due outbox tasks every OUTBOX_INTERVAL seconds; Ctrl-C
@@ -59,4 +70,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) $(NODE_DIR) .pytest_cache .mypy_cache .ruff_cache

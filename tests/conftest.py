@@ -15,6 +15,10 @@ from test_utils.prefixer import Prefixer
 from test_utils.system import EmulatorCreds
 
 from stripe_ledger.emulator import Emulator
+from tests.auth_emulator import auth_app, auth_emulator
+
+# The Auth emulator's fixtures, for every test module (see tests/auth_emulator.py).
+__all__ = ["auth_app", "auth_emulator"]
 
 _prefixer = Prefixer("stripe-ledger", "tests", separator="-")
 
