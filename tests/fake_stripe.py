@@ -181,6 +181,19 @@ class FakeStripe:
         with self._lock:
             self._failures.append(_Failure(status, times, path, dict(headers or {})))
 
+    def reset(self) -> FakeStripe:
+        """Forget every event, object, request, scripted failure and hook (the routes stay),
+        so that one running fake can serve several tests as if each had a fresh one."""
+        with self._lock:
+            self.events.clear()
+            self.delivered.clear()
+            self.objects.clear()
+            self.v2_events.clear()
+            self.requests.clear()
+            self._failures.clear()
+            self.on_request = None
+        return self
+
     def requests_to(self, path: str) -> list[Request]:
         return [request for request in self.requests if request.path == path]
 

@@ -1,5 +1,10 @@
 """The HTTP contract, end to end: real HTTP to the function served by functions-framework
-(gunicorn, several threads), against the emulator."""
+(gunicorn, several threads), against the emulator.
+
+Each class has a project of its own, and the tests of a class that use `server` share one
+function serving it (starting gunicorn is most of a test's time): they use fresh event IDs,
+and every test of TestRejections still proves that nothing at all was written to the
+ledger, since no test of that class writes to its project."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import contextlib
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,9 +48,20 @@ def server_env(project: str, **overrides: str) -> dict[str, str]:
     }
 
 
+@pytest.fixture(scope="class")
+def class_project(emulator_host: str) -> str:
+    return f"stripe-ledger-function-{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture
-def server(project: str) -> Iterator[FunctionServer]:
-    function = FunctionServer(server_env(project)).start()
+def project(class_project: str) -> str:
+    """The project of the test's class (see the module), for `db` and the function alike."""
+    return class_project
+
+
+@pytest.fixture(scope="class")
+def server(class_project: str) -> Iterator[FunctionServer]:
+    function = FunctionServer(server_env(class_project)).start()
     yield function
     function.stop()
 

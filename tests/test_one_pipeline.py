@@ -9,6 +9,11 @@ faults carried by event objects: tests/pipeline_handlers.py.
 
 Each test of an issue item failed on the code before the pipeline (dd5f597), for the reason
 the item describes; the suite-gap tests catch the mutations the issue lists.
+
+The module shares one project, one fake and one fault file, and serves one function per
+configuration (its settings), kept for the later tests of the same configuration: starting
+gunicorn is most of a test's time. Tests stay apart by fresh event and object IDs; the fake
+is reset and the fault rules replaced (their IDs made the test's own) before each test.
 """
 
 from __future__ import annotations
@@ -94,55 +99,95 @@ def live_claim(stored: dict[str, Any]) -> bool:
 
 
 class Faults:
-    """The fault rules read by tests/pipeline_main.py (see there), and what it injected."""
+    """The fault rules read by tests/pipeline_main.py (see there), and what it injected.
+
+    The file serves the whole module: `set` replaces the rules, each rule's ID prefixed with
+    this test's token (so the injector's per-rule counts start at zero), and `injected`
+    returns the IDs this test's rules fired, without the token."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.token = f"{uuid.uuid4().hex[:12]}:"
         path.write_text("[]")
 
     def set(self, *rules: dict[str, Any]) -> None:
-        self.path.write_text(json.dumps(list(rules)))
+        own = [{**rule, "id": self.token + str(rule["id"])} for rule in rules]
+        self.path.write_text(json.dumps(own))
 
     def injected(self) -> list[str]:
         log = Path(f"{self.path}.log")
         lines = log.read_text().splitlines() if log.exists() else []
-        return [json.loads(line)["id"] for line in lines]
+        ids = [str(json.loads(line)["id"]) for line in lines]
+        return [rule[len(self.token) :] for rule in ids if rule.startswith(self.token)]
+
+
+@pytest.fixture(scope="module")
+def module_project(emulator_host: str) -> str:
+    return f"stripe-ledger-pipeline-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeStripe]:
+def project(module_project: str) -> str:
+    """The module's project (see the module), for `db` and the console script alike."""
+    return module_project
+
+
+@pytest.fixture(scope="module")
+def module_fake() -> Iterator[FakeStripe]:
     with FakeStripe() as server:
         yield server.serve_objects()
 
 
 @pytest.fixture
-def faults(tmp_path: Path) -> Faults:
-    return Faults(tmp_path / "faults.json")
+def fake(module_fake: FakeStripe) -> FakeStripe:
+    """The module's fake, with nothing from an earlier test (events, objects, failures)."""
+    return module_fake.reset()
+
+
+@pytest.fixture(scope="module")
+def faults_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pipeline-faults") / "faults.json"
+
+
+@pytest.fixture
+def faults(faults_path: Path) -> Faults:
+    return Faults(faults_path)
+
+
+_SERVED: dict[tuple[tuple[str, str], ...], FunctionServer] = {}
+"""The functions served for this module, by configuration (see `serve`)."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_served(module_fake: FakeStripe) -> Iterator[None]:
+    yield
+    while _SERVED:
+        _SERVED.popitem()[1].stop()
 
 
 @contextlib.contextmanager
 def serve(project: str, fake: FakeStripe, faults: Faults, **env: str) -> Iterator[FunctionServer]:
-    """The function with the test handlers and the fault injector, talking to the fake."""
-    function = FunctionServer(
-        {
-            "PYTHONPATH": str(ROOT),
-            "PIPELINE_FAULTS": str(faults.path),
-            "GOOGLE_CLOUD_PROJECT": project,
-            "STRIPE_WEBHOOK_SECRET": SECRET,
-            "STRIPE_HANDLER_MODULES": MODULES,
-            "STRIPE_API_KEY": fake.api_key,
-            "STRIPE_API_BASE": fake.url,
-            "STRIPE_API_TIMEOUT_SECONDS": "2",
-            "STRIPE_FIRESTORE_TIMEOUT_SECONDS": "1",
-            "STRIPE_LEASE_SECONDS": str(LEASE_SECONDS),
-            **env,
-        },
-        source=ROOT / "tests" / "pipeline_main.py",
-    ).start()
-    try:
-        yield function
-    finally:
-        function.stop()
+    """The function with the test handlers and the fault injector, talking to the fake: the
+    one already serving this configuration for the module, or a new one (see the module)."""
+    config = {
+        "PYTHONPATH": str(ROOT),
+        "PIPELINE_FAULTS": str(faults.path),
+        "GOOGLE_CLOUD_PROJECT": project,
+        "STRIPE_WEBHOOK_SECRET": SECRET,
+        "STRIPE_HANDLER_MODULES": MODULES,
+        "STRIPE_API_KEY": fake.api_key,
+        "STRIPE_API_BASE": fake.url,
+        "STRIPE_API_TIMEOUT_SECONDS": "2",
+        "STRIPE_FIRESTORE_TIMEOUT_SECONDS": "1",
+        "STRIPE_LEASE_SECONDS": str(LEASE_SECONDS),
+        **env,
+    }
+    key = tuple(sorted(config.items()))
+    function = _SERVED.get(key)
+    if function is None or function.process is None or function.process.poll() is not None:
+        function = FunctionServer(config, source=ROOT / "tests" / "pipeline_main.py").start()
+        _SERVED[key] = function
+    yield function
 
 
 def cli(project: str, fake: FakeStripe, *args: str, **env: str | None) -> CliRun:

@@ -9,6 +9,7 @@ Firestore, so runs in other processes are counted too).
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -68,7 +69,31 @@ def server(project: str) -> Iterator[FunctionServer]:
     function.stop()
 
 
+@pytest.fixture(scope="class")
+def class_project(emulator_host: str) -> str:
+    return f"stripe-ledger-outbox-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="class")
+def class_server(class_project: str) -> Iterator[FunctionServer]:
+    function = FunctionServer(server_env(class_project)).start()
+    yield function
+    function.stop()
+
+
 class TestDelivery:
+    """One function serves the class, in a project of its own (starting gunicorn is most of
+    a test's time): each test reads only its own task key and its own log line, and the
+    webhook runs only its own event's tasks."""
+
+    @pytest.fixture
+    def project(self, class_project: str) -> str:
+        return class_project
+
+    @pytest.fixture
+    def server(self, class_server: FunctionServer) -> FunctionServer:
+        return class_server
+
     def test_the_executor_runs_before_the_answer(
         self, server: FunctionServer, db: firestore.Client
     ) -> None:
