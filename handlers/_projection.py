@@ -127,9 +127,9 @@ class Follower:
     decided, with the document's state now (the event's if it was written, the stored one
     if the event came late): so what it derives is always derived from the projection's
     state, never from a late event's. It changes documents through `ctx.edit`, which
-    `reads(ctx)` declares (it may name more once what it named is `ctx.cached`)."""
+    `edits(ctx)` declares (it may name more once what it named is `ctx.cached`)."""
 
-    reads: Callable[[HandlerContext], Iterable[firestore.DocumentReference]]
+    edits: Callable[[HandlerContext], Iterable[firestore.DocumentReference]]
     follow: Callable[[HandlerContext, Mapping[str, Any]], None]
 
 
@@ -151,11 +151,12 @@ class Projection:
         self.followers.append(follower)
 
     def reads(self, ctx: HandlerContext) -> list[firestore.DocumentReference]:
-        """The documents applying the event reads: its object's, and its followers'."""
-        refs = [self.ref(ctx)]
-        for follower in self.followers:
-            refs.extend(follower.reads(ctx))
-        return refs
+        """The document applying the event reads through its transaction: its object's."""
+        return [self.ref(ctx)]
+
+    def edits(self, ctx: HandlerContext) -> list[firestore.DocumentReference]:
+        """The documents its followers edit (read without a lock)."""
+        return [ref for follower in self.followers for ref in follower.edits(ctx)]
 
     def applies_to(self, received: VerifiedEvent) -> bool:
         """Whether `received`'s object can be projected (it has a usable ID)."""
@@ -293,4 +294,6 @@ def register_projection(
         projection.apply(ctx)
 
     project.__qualname__ = f"project_{projection.collection}"
-    on(*event_types, reads=projection.reads, when=projection.applies_to)(project)
+    on(*event_types, reads=projection.reads, when=projection.applies_to, edits=projection.edits)(
+        project
+    )

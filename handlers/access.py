@@ -27,13 +27,14 @@ the last change) is not part of that.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.cloud import firestore
 
-from handlers import on
+from handlers import on, task
 from handlers._projection import Follower, reference
 from handlers.checkout import CHECKOUT_SESSIONS
 from handlers.customers import CUSTOMERS
@@ -43,11 +44,18 @@ from stripe_ledger.firestore_client import translated
 from stripe_ledger.logs import log
 from stripe_ledger.verify import VerifiedEvent
 
+if TYPE_CHECKING:
+    from stripe_ledger.outbox import TaskRun
+
 __all__ = ["CUSTOMER_ACCESS", "USER_ACCESS", "access_collections", "stored_access"]
 
 CUSTOMER_ACCESS = "customer_access"
 USER_ACCESS = "user_access"
 ENTITLEMENT_SUMMARY = "entitlements.active_entitlement_summary.updated"
+CLAIMS_TASK = "stripe.custom_claims"
+CLAIM = "stripe"
+"""The custom claim a user's access is mirrored into: `{"active": ..., "features": [...]}`."""
+_CLAIM_ROUNDS = 3
 
 _ENTRY_FIELDS = ("status", "price_ids", "current_period_end", "cancel_at_period_end")
 
@@ -97,7 +105,7 @@ def _metadata_user(metadata: Any, key: str) -> str | None:
     return _valid_id(metadata.get(key)) if isinstance(metadata, Mapping) else None
 
 
-def _access_reads(
+def _access_edits(
     ctx: HandlerContext, customer: str | None, named: Iterable[str | None] = ()
 ) -> list[firestore.DocumentReference]:
     """The customer's access, then (once it is read) the users it names and the users
@@ -117,31 +125,31 @@ def _access_reads(
     return [ref, *(_user_ref(ctx, user) for user in sorted(u for u in users if isinstance(u, str)))]
 
 
-def _subscription_reads(ctx: HandlerContext) -> list[firestore.DocumentReference]:
+def _subscription_edits(ctx: HandlerContext) -> list[firestore.DocumentReference]:
     products = [
         ctx.db.collection("products").document(product)
         for product in product_ids(ctx.object)
         if _valid_id(product) is not None
     ]
-    return _access_reads(ctx, _owner(ctx.object)) + products
+    return _access_edits(ctx, _owner(ctx.object)) + products
 
 
-def _customer_reads(ctx: HandlerContext) -> list[firestore.DocumentReference]:
+def _customer_edits(ctx: HandlerContext) -> list[firestore.DocumentReference]:
     key = ctx.settings.app_user_key
     named = [_metadata_user(ctx.object.get("metadata"), key)]
     projected = ctx.cached(CUSTOMERS.ref(ctx))  # the state kept when the event comes late
     if projected is not None and projected.exists:
         named.append(_metadata_user((projected.to_dict() or {}).get("metadata"), key))
-    return _access_reads(ctx, _valid_id(ctx.received.object_id), named)
+    return _access_edits(ctx, _valid_id(ctx.received.object_id), named)
 
 
-def _checkout_reads(ctx: HandlerContext) -> list[firestore.DocumentReference]:
+def _checkout_edits(ctx: HandlerContext) -> list[firestore.DocumentReference]:
     named = _valid_id(ctx.object.get("client_reference_id"))
-    return _access_reads(ctx, _owner(ctx.object), [named])
+    return _access_edits(ctx, _owner(ctx.object), [named])
 
 
-def _entitlement_reads(ctx: HandlerContext) -> list[firestore.DocumentReference]:
-    return _access_reads(ctx, _owner(ctx.object))
+def _entitlement_edits(ctx: HandlerContext) -> list[firestore.DocumentReference]:
+    return _access_edits(ctx, _owner(ctx.object))
 
 
 def _features(value: Any) -> list[str]:
@@ -235,7 +243,7 @@ def _has_customer(received: VerifiedEvent) -> bool:
     return _owner(received.object) is not None
 
 
-@on(ENTITLEMENT_SUMMARY, reads=_entitlement_reads, when=_has_customer)
+@on(ENTITLEMENT_SUMMARY, edits=_entitlement_edits, when=_has_customer)
 def record_entitlements(ctx: HandlerContext) -> None:
     """Keep the customer's features: the summary carries its full list of active
     entitlements; a summary older than the stored one (by `created`, then event ID) changes
@@ -366,16 +374,57 @@ def _regroup(
         "customer_features": by_customer,
         **_summary(kept, (f for listed in by_customer.values() for f in listed), statuses),
     }
-    if _put(document, content):
-        log(
-            logging.INFO,
-            "access changed",
-            event_id=ctx.received.id,
-            event_type=ctx.received.type,
-            collection=USER_ACCESS,
-        )
+    if _put(document, content) and ctx.settings.custom_claims:
+        _enqueue_claims(ctx, user)
 
 
-SUBSCRIPTIONS.follow(Follower(_subscription_reads, _follow_subscription))
-CUSTOMERS.follow(Follower(_customer_reads, _follow_customer))
-CHECKOUT_SESSIONS.follow(Follower(_checkout_reads, _follow_checkout))
+def _enqueue_claims(ctx: HandlerContext, user: str) -> None:
+    """Mirror `user`'s access into Firebase Auth after the commit (an outside effect, so
+    through the outbox). The key names the user and the state the event carries, so a
+    backfill's pages (all `backfill`) each enqueue their own."""
+    if ctx.tasks is None:
+        raise RuntimeError("STRIPE_CUSTOM_CLAIMS is set but this transaction has no outbox")
+    digest = hashlib.sha256(user.encode()).hexdigest()[:24]
+    moment = round(ctx.received.state_time * 1000)
+    ctx.enqueue(
+        CLAIMS_TASK, {"app_user_id": user}, key=f"claims:{digest}:{ctx.received.id}:{moment}"
+    )
+
+
+@task(CLAIMS_TASK)
+def set_custom_claims(run: TaskRun) -> None:
+    """Set the user's custom claim `stripe` to `{"active", "features"}` as `user_access` holds
+    them when the task runs, not as they were when it was enqueued: two tasks for one user
+    racing each other both end by setting the newest state. After setting, the document is
+    read again, and set again if it changed meanwhile. A user unknown to Firebase Auth (an app
+    user ID that is no Firebase uid) is logged and left alone."""
+    from stripe_ledger.firebase_auth import set_claim
+
+    if run.db is None:
+        raise RuntimeError("the custom claims task needs the function's Firestore client")
+    user = str(run.payload["app_user_id"])
+    ref = run.db.collection(USER_ACCESS).document(user)
+    with translated("read user_access for custom claims"):
+        snapshot = ref.get()
+    for _ in range(_CLAIM_ROUNDS):
+        access = snapshot.to_dict() or {}
+        claim = {"active": access.get("active") is True, "features": access.get("features") or []}
+        if not set_claim(run.db.project, user, CLAIM, claim):
+            log(
+                logging.WARNING,
+                "custom claims: no Firebase Auth user has this app user ID",
+                task=run.task,
+                task_key=run.key,
+            )
+            return
+        with translated("read user_access for custom claims"):
+            again = ref.get()
+        if again.update_time == snapshot.update_time:
+            return
+        snapshot = again
+    raise RuntimeError("user_access kept changing while its custom claims were set; run again")
+
+
+SUBSCRIPTIONS.follow(Follower(_subscription_edits, _follow_subscription))
+CUSTOMERS.follow(Follower(_customer_edits, _follow_customer))
+CHECKOUT_SESSIONS.follow(Follower(_checkout_edits, _follow_checkout))

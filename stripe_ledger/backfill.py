@@ -28,11 +28,18 @@ from typing import Any, Protocol
 from google.cloud import firestore
 
 from stripe_ledger.config import Settings
-from stripe_ledger.context import Edits, HandlerContext, read_declared
+from stripe_ledger.context import (
+    Edits,
+    HandlerContext,
+    is_edit_conflict,
+    read_declared,
+    settling_conflicts,
+)
 from stripe_ledger.errors import LedgerUnavailable, StripeUnavailable
 from stripe_ledger.fetch import StripeFetcher
 from stripe_ledger.firestore_client import translated, write_count
 from stripe_ledger.ledger import Clock, Snapshot
+from stripe_ledger.outbox import Outbox, TaskBatch, run_enqueued
 from stripe_ledger.verify import VerifiedEvent
 
 __all__ = [
@@ -55,6 +62,8 @@ class Projects(Protocol):
     def applies_to(self, received: VerifiedEvent) -> bool: ...
 
     def reads(self, ctx: HandlerContext) -> list[firestore.DocumentReference]: ...
+
+    def edits(self, ctx: HandlerContext) -> list[firestore.DocumentReference]: ...
 
     def apply(self, ctx: HandlerContext) -> None: ...
 
@@ -144,6 +153,7 @@ class _Run:
     fetcher: StripeFetcher
     projections: Mapping[str, Projects]
     settings: Settings
+    outbox: Outbox | None
     clock: Clock
     since: datetime | None
     account: str | None
@@ -165,6 +175,7 @@ def backfill(
     projections: Mapping[str, Projects],
     settings: Settings,
     clock: Clock,
+    outbox: Outbox | None = None,
     since: datetime | None = None,
     account: str | None = None,
     workers: int = 4,
@@ -175,13 +186,16 @@ def backfill(
 ) -> list[BackfillResult]:
     """Fill `families` (see the module), `workers` lists at a time, stage by stage; results in
     the order of `families`. `progress(collection, n)` is told of each page's objects; `stop`,
-    once set, ends every family after its current page. Raises `ConfigurationError` when
+    once set, ends every family after its current page. `outbox` takes the tasks the
+    projections' followers enqueue (custom claims), run after each page's commit as after a
+    delivery. Raises `ConfigurationError` when
     Stripe refuses the key (401, 403): nothing else can succeed then."""
     run = _Run(
         db,
         fetcher,
         projections,
         settings,
+        outbox,
         clock,
         since,
         account,
@@ -284,28 +298,57 @@ def _write_page(
     states = [_state_read(obj, observed_at, run.account) for obj in page]
     states = [received for received in states if projection.applies_to(received)]
 
-    def apply(tx: firestore.Transaction) -> int:
+    def apply(tx: firestore.Transaction) -> tuple[int, TaskBatch | None]:
         snapshots: dict[str, Snapshot] = {}
         edits = Edits()
+        tasks = run.outbox.batch(states[0], tx) if run.outbox is not None and states else None
         contexts = [
             HandlerContext(
-                received, tx, run.db, 0, settings=run.settings, snapshots=snapshots, edits=edits
+                received,
+                tx,
+                run.db,
+                0,
+                tasks,
+                settings=run.settings,
+                snapshots=snapshots,
+                edits=edits,
             )
             for received in states
         ]
         if contexts:  # the whole page's reads (documents, followers') in one batch per round
-            read_declared(contexts[0], lambda: [r for c in contexts for r in projection.reads(c)])
+            read_declared(
+                contexts[0],
+                lambda: [ref for c in contexts for ref in projection.reads(c)],
+                lambda: [ref for c in contexts for ref in projection.edits(c)],
+            )
         before = write_count(tx)
         for ctx in contexts:
             projection.apply(ctx)
         count = write_count(tx) - before
         edits.write(tx)
+        if tasks is not None:
+            tasks.write()
         tx.set(progress_ref, {**state, "written": written_before + count})
-        return count
+        return count, tasks
 
-    with translated("write a backfilled page"):
-        count: int = firestore.transactional(apply)(run.db.transaction())
-    return count
+    def commit() -> tuple[int, TaskBatch | None]:
+        with translated("write a backfilled page"):
+            committed: tuple[int, TaskBatch | None] = firestore.transactional(apply)(
+                run.db.transaction()
+            )
+        return committed
+
+    try:  # a live event's commit changed an edited document: read the page again
+        count, tasks = settling_conflicts(
+            commit, budget_seconds=run.settings.firestore_timeout_seconds
+        )
+    except Exception as error:
+        if is_edit_conflict(error):  # contention, like Aborted: --resume writes the page
+            raise LedgerUnavailable("documents the page edits kept changing") from error
+        raise
+    if run.outbox is not None and tasks is not None:
+        run_enqueued(run.outbox, tasks)  # as after a delivery: at least once, never raises
+    return int(count)
 
 
 def _state_read(obj: dict[str, Any], observed_at: float, account: str | None) -> VerifiedEvent:

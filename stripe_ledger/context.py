@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import copy
+import logging
+import random
+import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from stripe_ledger.config import Settings
-from stripe_ledger.firestore_client import buffered_paths, read_through
+from stripe_ledger.firestore_client import buffered_paths, read_through, translated
 from stripe_ledger.ledger import Snapshot
+from stripe_ledger.logs import log
 
 if TYPE_CHECKING:
     import stripe
@@ -18,16 +23,21 @@ if TYPE_CHECKING:
     from stripe_ledger.verify import VerifiedEvent
 
 __all__ = [
+    "EditConflict",
     "Edits",
     "HandlerContext",
     "NotDeclared",
     "ReadAfterWrite",
     "SettleFromApi",
     "Tasks",
+    "is_edit_conflict",
     "read_declared",
+    "settling_conflicts",
 ]
 
 _READ_ROUNDS = 3
+R = TypeVar("R")
+_MAX_PAUSE_SECONDS = 0.5
 
 
 class Tasks(Protocol):
@@ -60,30 +70,117 @@ class SettleFromApi(Exception):
         self.stored_event_id = stored_event_id
 
 
+class EditConflict(Exception):
+    """A document edited in a transaction changed after it was read: the transaction did
+    not commit, and is run again from the start (`is_edit_conflict`)."""
+
+
+def is_edit_conflict(error: BaseException) -> bool:
+    """Whether a commit failed because an edited document's precondition failed (it changed,
+    or was created, since it was read). The ledger's own writes have preconditions too: a
+    caller holding claims must check them before it calls a failure an edit conflict."""
+    return isinstance(error, (EditConflict, gexc.FailedPrecondition, gexc.AlreadyExists))
+
+
+def settling_conflicts(
+    work: Callable[[], R],
+    *,
+    budget_seconds: float,
+    conflicted: Callable[[Exception], bool] = is_edit_conflict,
+) -> R:
+    """Run `work` (a whole transaction), and again while it fails because a document it
+    edits changed meanwhile (`conflicted`), for up to `budget_seconds`; then the conflict is
+    raised.
+
+    Each conflict means another commit went through, so a burst of events racing for one
+    document settles. The pauses, random up to a ceiling that doubles with each run (40 ms,
+    80 ms, ... at most 0.5 s), spread the racers out so that the losers do not meet again.
+    (Reading a hot document through the transaction instead, to hold its lock, was measured
+    worse: on the emulator such locks wait for seconds and abort.)
+    """
+    started = time.monotonic()
+    runs = 0
+    while True:
+        runs += 1
+        try:
+            return work()
+        except Exception as error:
+            if not conflicted(error):
+                raise
+            elapsed = time.monotonic() - started
+            if elapsed >= budget_seconds:
+                log(
+                    logging.WARNING,
+                    f"gave up after {runs} runs in {elapsed:.1f} s: documents this transaction "
+                    f"edits kept changing ({type(error).__name__})",
+                )
+                raise
+        ceiling = min(_MAX_PAUSE_SECONDS, 0.02 * 2**runs)
+        time.sleep(random.uniform(0, ceiling))  # noqa: S311 - jitter, not a secret
+
+
 class Edits:
-    """Documents that several handlers of one transaction change together (`ctx.edit`),
-    each written once, when the handlers are done, and only if it changed."""
+    """Documents that several handlers of one transaction change together (`ctx.edit`): an
+    aggregate many events touch at once, like a customer's access.
+
+    They are read without a lock (outside the transaction), so concurrent events for one
+    customer never wait on each other; each is written once, when the handlers are done,
+    only if it changed, and with a precondition that it did not change since it was read
+    (or, if it did not exist, that it still does not). A failed precondition fails the whole
+    commit, which is then run again (`settling_conflicts`), so no change is ever lost.
+    """
 
     def __init__(self) -> None:
-        self._documents: dict[str, tuple[firestore.DocumentReference, Any, dict[str, Any]]] = {}
+        self._read: dict[str, Snapshot] = {}
+        self._documents: dict[str, tuple[firestore.DocumentReference, dict[str, Any]]] = {}
 
-    def document(
-        self, ref: firestore.DocumentReference, snapshot: Snapshot | None
-    ) -> dict[str, Any]:
-        """The working copy of `ref`, from `snapshot` (its state in the transaction) the
-        first time."""
+    def read(self, db: firestore.Client, refs: list[firestore.DocumentReference]) -> None:
+        """Read `refs` (those not read yet) in one batch, outside any transaction."""
+        missing = list({ref.path: ref for ref in refs if ref.path not in self._read}.values())
+        if missing:
+            with translated("read documents to edit"):
+                for snapshot in db.get_all(missing):
+                    self._read[snapshot.reference.path] = snapshot
+
+    def snapshot(self, ref: firestore.DocumentReference) -> Snapshot | None:
+        """`ref` as read, or None when it was not read."""
+        return self._read.get(ref.path)
+
+    def document(self, ref: firestore.DocumentReference) -> dict[str, Any]:
+        """The working copy of `ref`; raises `NotDeclared` when it was not read."""
         held = self._documents.get(ref.path)
         if held is None:
-            stored = snapshot.to_dict() if snapshot is not None else None
-            held = (ref, stored, copy.deepcopy(stored) if stored is not None else {})
+            snapshot = self._read.get(ref.path)
+            if snapshot is None:
+                raise NotDeclared(f"{ref.path} is edited but no edits= declared it")
+            held = (ref, copy.deepcopy(snapshot.to_dict() or {}))
             self._documents[ref.path] = held
-        return held[2]
+        return held[1]
 
     def write(self, tx: firestore.Transaction) -> None:
-        """Write every working copy that differs from what was stored."""
-        for ref, stored, document in self._documents.values():
-            if document != (stored or {}):
-                tx.set(ref, document)
+        """Write every working copy that differs from what was read, each with its
+        precondition."""
+        for path, (ref, document) in self._documents.items():
+            snapshot = self._read[path]
+            stored = snapshot.to_dict() or {}
+            if document == stored:
+                continue
+            if not snapshot.exists:
+                tx.create(ref, document)
+                continue
+            # A whole-document write with a precondition: update every field, delete the
+            # fields the document no longer has.
+            fields: dict[str, Any] = dict.fromkeys(
+                set(stored) - set(document), firestore.DELETE_FIELD
+            )
+            fields.update(
+                {firestore.Client.field_path(key): value for key, value in document.items()}
+            )
+            tx.update(
+                ref,
+                fields,
+                option=firestore.Client.write_option(last_update_time=snapshot.update_time),
+            )
 
 
 class HandlerContext:
@@ -95,9 +192,10 @@ class HandlerContext:
     runs. A handler may read after earlier handlers wrote, except a document already written
     in this transaction, whether it was read before or not: the read would see its state
     before that write (and a write based on it would undo the earlier one), so `get` raises
-    `ReadAfterWrite`. A document several handlers change together (an aggregate, like a
-    user's access) is changed in place through `edit` and written once at the end.
-    `settings` are the function's.
+    `ReadAfterWrite`. A document several handlers change together, or that many events
+    change at once (an aggregate, like a customer's access), is declared with `edits=`, read
+    without a lock and changed in place through `edit` (see `Edits`). `settings` are the
+    function's.
     """
 
     def __init__(
@@ -159,18 +257,17 @@ class HandlerContext:
         return self.tasks.add(task, payload, key=key)
 
     def cached(self, ref: firestore.DocumentReference) -> Snapshot | None:
-        """`ref` as already read in this transaction, or None: what a `reads=` function may
-        consult to name the documents it needs next (see `read_declared`)."""
-        return self._snapshots.get(ref.path)
+        """`ref` as already read (through the transaction, or to edit), or None: what a
+        `reads=` or `edits=` function may consult to name the documents it needs next (see
+        `read_declared`)."""
+        return self._snapshots.get(ref.path) or self.edits.snapshot(ref)
 
     def edit(self, ref: firestore.DocumentReference) -> dict[str, Any]:
         """`ref`'s content (empty for a missing document) as a dict to change in place,
         shared by every handler of this transaction and written once when they are done, if
-        it changed. `ref` must have been declared with `reads=`; raises `NotDeclared`."""
-        snapshot = self.cached(ref)
-        if snapshot is None:
-            raise NotDeclared(f"{ref.path} is edited but no reads= declared it")
-        return self.edits.document(ref, snapshot)
+        it changed (see `Edits`). `ref` must have been declared with `edits=`; raises
+        `NotDeclared`."""
+        return self.edits.document(ref)
 
     def get(self, ref: firestore.DocumentReference) -> Snapshot:
         """Read one document through the transaction (cached for the transaction)."""
@@ -197,17 +294,22 @@ class HandlerContext:
 
 
 def read_declared(
-    ctx: HandlerContext, declare: Callable[[], Iterable[firestore.DocumentReference]]
+    ctx: HandlerContext,
+    reads: Callable[[], Iterable[firestore.DocumentReference]],
+    edits: Callable[[], Iterable[firestore.DocumentReference]] = lambda: (),
 ) -> None:
-    """Read every document `declare` names, in one batch per round, before any write.
+    """Read every document `reads` names through the transaction, and every one `edits`
+    names without a lock, in one batch of each per round, before any write.
 
-    `declare` is asked again after each batch, so that a `reads=` function can name the
-    documents it needs after consulting one it named before (`ctx.cached`: a customer's
-    access names its user); it stops when nothing new is named, after at most three
-    rounds.
+    Both are asked again after each round, so that a function can name the documents it
+    needs after consulting one it named before (`ctx.cached`: a customer's access names its
+    user); it stops when nothing new is named, after at most three rounds.
     """
     for _ in range(_READ_ROUNDS):
-        missing = [ref for ref in declare() if ctx.cached(ref) is None]
-        if not missing:
+        to_read = [ref for ref in reads() if ctx.cached(ref) is None]
+        to_edit = [ref for ref in edits() if ctx.cached(ref) is None]
+        if not to_read and not to_edit:
             return
-        ctx.get_all(missing)
+        if to_read:
+            ctx.get_all(to_read)
+        ctx.edits.read(ctx.db, to_edit)

@@ -57,6 +57,7 @@ _OUTCOME_STATUS: dict[Outcome, tuple[int, int]] = {
     Outcome.DEAD: (200, logging.ERROR),
     Outcome.FAILED: (500, logging.ERROR),
     Outcome.IN_FLIGHT: (409, logging.WARNING),
+    Outcome.CONTENDED: (409, logging.WARNING),
 }
 
 _CHUNK = 64 * 1024
@@ -224,6 +225,15 @@ def _describe(delivery: Delivery, headers: dict[str, str]) -> tuple[dict[str, An
                 "event_id": event_id,
             },
             f"event {event_id} is being processed by another delivery",
+        )
+    if outcome is Outcome.CONTENDED:
+        headers["Retry-After"] = str(delivery.retry_after or 1)
+        return (
+            {
+                "error": "other events kept changing what this event changes; retry later",
+                "event_id": event_id,
+            },
+            f"event {event_id} not applied: {delivery.error}",
         )
     if outcome is Outcome.DEAD:
         return (

@@ -17,6 +17,7 @@ class Outcome(enum.Enum):
     FAILED = "failed"  # a handler raised: recorded, Stripe should retry
     DEAD = "dead"  # failed for the last allowed time: recorded, Stripe should stop
     IN_FLIGHT = "in_flight"  # another delivery holds the event: Stripe should retry
+    CONTENDED = "contended"  # other events kept changing what it edits: nothing applied, retry
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,14 @@ class ReconcileResult:
 
     @property
     def ok(self) -> bool:
-        return self.outcome not in ("failed", "dead", "in_flight", "invalid", "unavailable")
+        return self.outcome not in (
+            "failed",
+            "dead",
+            "in_flight",
+            "contended",
+            "invalid",
+            "unavailable",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

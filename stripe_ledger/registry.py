@@ -33,7 +33,8 @@ Handler = Callable[["HandlerContext"], None]
 """A handler: reads and writes through `ctx`, returns nothing, raises to fail the event."""
 
 Reads = Callable[["HandlerContext"], Iterable["DocumentReference"]]
-"""Names the documents a handler will read, so that all of them are fetched in one batch."""
+"""Names the documents a handler will read (or edit), so that all of them are fetched in one
+batch; it may consult `ctx.cached` to name more once those are read."""
 
 Applies = Callable[["VerifiedEvent"], bool]
 """Whether a handler applies to one event of a type it is registered for (e.g. only to
@@ -59,6 +60,7 @@ class Registration:
     handler: Handler
     reads: Reads | None = None
     when: Applies | None = None
+    edits: Reads | None = None
 
     def applies_to(self, received: VerifiedEvent) -> bool:
         """Whether this handler runs for `received` (its type already matched)."""
@@ -75,13 +77,19 @@ class HandlerRegistry:
         self._families: dict[str, str] = {}
 
     def on(
-        self, *event_types: str, reads: Reads | None = None, when: Applies | None = None
+        self,
+        *event_types: str,
+        reads: Reads | None = None,
+        when: Applies | None = None,
+        edits: Reads | None = None,
     ) -> Callable[[H], H]:
         """Register the decorated function for `event_types`; return it unchanged.
 
         `reads`, if given, returns the documents the handler will read with `ctx.get`; they
         are fetched together with every other handler's before the first handler runs.
-        `when`, if given, narrows the events of those types the handler applies to.
+        `edits`, if given, returns the documents it changes with `ctx.edit` (read without a
+        lock, written with a precondition: `stripe_ledger.context.Edits`). `when`, if given,
+        narrows the events of those types the handler applies to.
         """
         if not event_types:
             raise TypeError("on() needs at least one event type")
@@ -94,7 +102,8 @@ class HandlerRegistry:
         def register(handler: H) -> H:
             name = f"{handler.__module__}.{handler.__qualname__}"
             for pattern in event_types:
-                self._registrations.append(Registration(pattern, name, handler, reads, when))
+                registration = Registration(pattern, name, handler, reads, when, edits)
+                self._registrations.append(registration)
             self._cache.clear()
             return handler
 

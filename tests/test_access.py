@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -376,6 +377,29 @@ class TestLinks:
             life.customer_event("deleted", T0 + 20, life.user),
         )
         assert function.user(life.user)["active"] is False
+
+
+class TestAHotCustomer:
+    def test_many_subscriptions_of_one_customer_at_once(self, function: Function) -> None:
+        """24 subscriptions of one linked customer change at the same moment, 16 at a time:
+        the access is read without a lock and written with a precondition, so every
+        delivery settles and no entry is lost."""
+        life = Life()
+        function.deliver(life.customer_event("created", T0, life.user))
+        events = [
+            life.subscription_event("created", f"s{n}", "active", T0 + 10, price=f"p{n}")
+            for n in range(24)
+        ]
+        started = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(function.server.deliver_until_settled, events))
+        elapsed = time.monotonic() - started
+        print(f"\n[access] 24 subscriptions of one customer at once: settled in {elapsed:.2f} s")
+        assert all(answer.json()["status"] == "completed" for answer in answers)
+        access = function.user(life.user)
+        assert len(access["subscriptions"]) == 24
+        assert len(function.customer(life.customer)["subscriptions"]) == 24
+        assert access["active_price_ids"] == sorted(life.id("price", f"p{n}") for n in range(24))
 
 
 def _normalised(document: Mapping[str, Any], tag: str) -> Any:

@@ -437,16 +437,28 @@ class TestEfficiency:
         BatchGetDocuments (the projection document), and the Commit of projection and
         ledger record together."""
         counter = count_rpcs(db)
-        event = make_event("customer.created", {"id": fresh("cus"), "email": "a@example.com"})
+        intent = {"id": fresh("pi"), "object": "payment_intent", "status": "succeeded"}
+        event = make_event("payment_intent.succeeded", intent)
         assert deliver(db, registry, event).outcome is Outcome.COMPLETED
         assert dict(counter.calls) == {"Commit": 2, "BeginTransaction": 1, "BatchGetDocuments": 1}
         assert counter.total() <= 4
 
+    def test_an_event_that_changes_access_costs_one_read_more(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        """A customer's event also reads the customer's access, without a lock (outside the
+        transaction), and writes it in the same commit: five calls."""
+        counter = count_rpcs(db)
+        event = make_event("customer.created", {"id": fresh("cus"), "email": "a@example.com"})
+        assert deliver(db, registry, event).outcome is Outcome.COMPLETED
+        assert dict(counter.calls) == {"Commit": 2, "BeginTransaction": 1, "BatchGetDocuments": 2}
+
     def test_an_event_that_changes_nothing_writes_no_projection(
         self, db: firestore.Client, registry: HandlerRegistry
     ) -> None:
-        """An older event after a newer one still costs four calls, but its transaction
-        commits the ledger record alone: the projection document is not rewritten."""
+        """An older event after a newer one still costs its calls (four, and the unlocked
+        read of the customer's access), but its transaction commits the ledger record alone:
+        neither the projection document nor the access is rewritten."""
         customer_id, now = fresh("cus"), int(time.time())  # recent: claimed without a read
         newer = make_event("customer.updated", {"id": customer_id, "name": "new"}, created=now)
         older = make_event("customer.updated", {"id": customer_id, "name": "old"}, created=now - 1)
@@ -457,7 +469,7 @@ class TestEfficiency:
         recorder.requests.clear()
         recorder.reset()
         assert deliver(db, registry, older).outcome is Outcome.COMPLETED
-        assert recorder.total() == 4
+        assert recorder.total() == 5
         assert recorder.written() == [f"stripe_events/{older['id']}"] * 2  # claim, completion
         assert db.collection("customers").document(customer_id).get().update_time == before
 
@@ -466,10 +478,10 @@ class TestTransactionalReads:
     def test_every_read_goes_through_the_transaction(
         self, db: firestore.Client, registry: HandlerRegistry
     ) -> None:
-        """On the wire: the only read of a delivery is one BatchGetDocuments carrying the
-        transaction that then commits the projection, and nothing reads outside it. (The
-        batch also holds the access of the subscription's customer, kept in the same
-        transaction; its customer has no user, so no second read follows.)"""
+        """On the wire: the projection is read by one BatchGetDocuments carrying the
+        transaction that then commits it; the only read outside it is the access of the
+        subscription's customer (`Edits`: written with a precondition in that commit; the
+        customer has no user, so no second read follows)."""
         recorder = record_rpcs(db)
         sub_id = fresh("sub")
         deliver(
@@ -478,13 +490,21 @@ class TestTransactionalReads:
             make_event("customer.subscription.created", subscription(sub_id, "active")),
         )
         methods = [method for method, _ in recorder.requests]
-        assert methods == ["Commit", "BeginTransaction", "BatchGetDocuments", "Commit"]
-        read, commit = recorder.requests[2][1], recorder.requests[3][1]
+        assert methods == [
+            "Commit",
+            "BeginTransaction",
+            "BatchGetDocuments",
+            "BatchGetDocuments",
+            "Commit",
+        ]
+        read, unlocked, commit = (recorder.requests[n][1] for n in (2, 3, 4))
         assert read.transaction
         assert read.transaction == commit.transaction
-        assert sorted(name.rsplit("/", 2)[-2:] for name in read.documents) == [
-            ["customer_access", "cus_1"],
-            ["subscriptions", sub_id],
+        assert [name.rsplit("/", 2)[-2:] for name in read.documents] == [["subscriptions", sub_id]]
+        assert not unlocked.transaction
+        assert not unlocked.new_transaction
+        assert [name.rsplit("/", 2)[-2:] for name in unlocked.documents] == [
+            ["customer_access", "cus_1"]
         ]
 
 
@@ -498,7 +518,9 @@ class TestConcurrentEvents:
         holding, released = threading.Event(), threading.Event()
         first_attempts: set[str] = set()
         registry = HandlerRegistry()
-        registry.on("customer.updated", reads=project.reads, when=project.when)(project.handler)
+        registry.on(
+            "customer.updated", reads=project.reads, when=project.when, edits=project.edits
+        )(project.handler)
 
         @registry.on("customer.updated")
         def hold_the_older_open(ctx: HandlerContext) -> None:

@@ -108,6 +108,7 @@ def _backfill(args: argparse.Namespace) -> int:
                 projections=projections,
                 settings=service.ledger.settings,
                 clock=service.ledger.clock,
+                outbox=wiring.outbox(service),
                 since=since,
                 account=args.account,
                 workers=args.workers,

@@ -170,7 +170,8 @@ class Outbox:
             return logged(result("unavailable", attempt=attempts, error=describe(error)))
         if claim_time is None:
             return result("in_flight", attempt=attempts)
-        run = TaskRun(str(task), key, dict(record.get("payload") or {}), event_id, attempts + 1)
+        payload = dict(record.get("payload") or {})
+        run = TaskRun(str(task), key, payload, event_id, attempts + 1, db=self.db)
         return self._execute(executor, run, ref, claim_time, str(status))
 
     def _execute(

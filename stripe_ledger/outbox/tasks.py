@@ -9,11 +9,14 @@ import logging
 import random
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stripe_ledger import logs
+
+if TYPE_CHECKING:
+    from google.cloud import firestore
 
 __all__ = [
     "LIST_FIELDS",
@@ -85,6 +88,8 @@ class TaskRun:
     """The event whose handler enqueued the task."""
     attempt: int
     """1 on the first run, 2 on the second, ..."""
+    db: firestore.Client | None = field(default=None, compare=False, repr=False)
+    """The function's Firestore client, for an executor that reads what it mirrors."""
 
     @property
     def idempotency_key(self) -> str:
