@@ -55,6 +55,7 @@ __all__ = [
     "Projection",
     "Rank",
     "counters",
+    "document_id",
     "has_projectable_id",
     "lifecycle",
     "reference",
@@ -102,20 +103,23 @@ def reference(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def document_id(value: Any) -> str | None:
+    """`value` if Firestore can hold it as a document ID (a non-empty string of at most
+    1,500 bytes, without `/`, not `.`, `..` or `__x__`), else None."""
+    if not isinstance(value, str) or not 0 < len(value.encode()) <= 1500:
+        return None
+    if "/" in value or value in (".", "..") or (value.startswith("__") and value.endswith("__")):
+        return None
+    return value
+
+
 def has_projectable_id(received: VerifiedEvent) -> bool:
     """Whether the event's object has an ID usable as a Firestore document ID.
 
     Objects without one (`invoice.upcoming`, some test fixtures) have nothing to project: no
     projection applies to their events, which are therefore recorded `ignored`.
     """
-    object_id = received.object_id
-    return (
-        object_id is not None
-        and 0 < len(object_id.encode()) <= 1500
-        and "/" not in object_id
-        and object_id not in (".", "..")
-        and not (object_id.startswith("__") and object_id.endswith("__"))
-    )
+    return document_id(received.object_id) is not None
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from google.cloud import firestore
 
 from handlers import on, task
-from handlers._projection import Follower, reference
+from handlers._projection import Follower, document_id, reference
 from handlers.checkout import CHECKOUT_SESSIONS
 from handlers.customers import CUSTOMERS
 from handlers.subscriptions import SUBSCRIPTIONS, product_ids, products
@@ -72,25 +72,16 @@ def stored_access(
     `LedgerUnavailable` when Firestore is unavailable, `ValueError` for an ID Firestore
     cannot hold."""
     collection, key = (USER_ACCESS, user) if user is not None else (CUSTOMER_ACCESS, customer)
-    if _valid_id(key) is None:
+    if document_id(key) is None:
         raise ValueError(f"{key!r} cannot be a document ID")
     with translated(f"read {collection}"):
         return db.collection(collection).document(str(key)).get().to_dict()
 
 
-def _valid_id(value: Any) -> str | None:
-    """`value` if Firestore can hold it as a document ID, else None."""
-    if not isinstance(value, str) or not value or "/" in value or value in (".", ".."):
-        return None
-    if len(value.encode()) > 1500 or (value.startswith("__") and value.endswith("__")):
-        return None
-    return value
-
-
 def _owner(obj: Mapping[str, Any]) -> str | None:
     """The customer an object belongs to: its `customer` (or, for an Accounts v2 customer,
     its `customer_account`)."""
-    return _valid_id(reference(obj.get("customer")) or reference(obj.get("customer_account")))
+    return document_id(reference(obj.get("customer")) or reference(obj.get("customer_account")))
 
 
 def _customer_ref(ctx: HandlerContext, customer: str) -> firestore.DocumentReference:
@@ -102,7 +93,7 @@ def _user_ref(ctx: HandlerContext, user: str) -> firestore.DocumentReference:
 
 
 def _metadata_user(metadata: Any, key: str) -> str | None:
-    return _valid_id(metadata.get(key)) if isinstance(metadata, Mapping) else None
+    return document_id(metadata.get(key)) if isinstance(metadata, Mapping) else None
 
 
 def _access_edits(
@@ -129,7 +120,7 @@ def _subscription_edits(ctx: HandlerContext) -> list[firestore.DocumentReference
     products = [
         ctx.db.collection("products").document(product)
         for product in product_ids(ctx.object)
-        if _valid_id(product) is not None
+        if document_id(product) is not None
     ]
     return _access_edits(ctx, _owner(ctx.object)) + products
 
@@ -140,11 +131,11 @@ def _customer_edits(ctx: HandlerContext) -> list[firestore.DocumentReference]:
     projected = ctx.cached(CUSTOMERS.ref(ctx))  # the state kept when the event comes late
     if projected is not None and projected.exists:
         named.append(_metadata_user((projected.to_dict() or {}).get("metadata"), key))
-    return _access_edits(ctx, _valid_id(ctx.received.object_id), named)
+    return _access_edits(ctx, document_id(ctx.received.object_id), named)
 
 
 def _checkout_edits(ctx: HandlerContext) -> list[firestore.DocumentReference]:
-    named = _valid_id(ctx.object.get("client_reference_id"))
+    named = document_id(ctx.object.get("client_reference_id"))
     return _access_edits(ctx, _owner(ctx.object), [named])
 
 
@@ -167,7 +158,7 @@ def _product_features(ctx: HandlerContext, obj: Mapping[str, Any]) -> list[str]:
         if isinstance(product, Mapping):
             found.update(_features((product.get("metadata") or {}).get(key)))
             continue
-        if _valid_id(product) is None:
+        if document_id(product) is None:
             continue
         snapshot = ctx.cached(ctx.db.collection("products").document(product))
         stored = snapshot.to_dict() if snapshot is not None else None
@@ -197,7 +188,7 @@ def _entry(ctx: HandlerContext, state: Mapping[str, Any]) -> dict[str, Any]:
 
 def _follow_subscription(ctx: HandlerContext, state: Mapping[str, Any]) -> None:
     customer = _owner(ctx.object)  # the event's own: what its reads declared
-    subscription = _valid_id(ctx.received.object_id)
+    subscription = document_id(ctx.received.object_id)
     if customer is None or subscription is None:
         return
     access = ctx.edit(_customer_ref(ctx, customer))
@@ -208,7 +199,7 @@ def _follow_subscription(ctx: HandlerContext, state: Mapping[str, Any]) -> None:
 
 
 def _follow_customer(ctx: HandlerContext, state: Mapping[str, Any]) -> None:
-    customer = _valid_id(ctx.received.object_id)
+    customer = document_id(ctx.received.object_id)
     if customer is None:
         return
     access = ctx.edit(_customer_ref(ctx, customer))
@@ -222,7 +213,7 @@ def _follow_customer(ctx: HandlerContext, state: Mapping[str, Any]) -> None:
 def _follow_checkout(ctx: HandlerContext, state: Mapping[str, Any]) -> None:
     obj = _object(state)
     customer = _owner(ctx.object)
-    user = _valid_id(obj.get("client_reference_id"))
+    user = document_id(obj.get("client_reference_id"))
     if customer is None or user is None or state.get("status") != "complete":
         return
     created = obj.get("created") if isinstance(obj.get("created"), int) else 0
