@@ -176,10 +176,12 @@ def _after_failure(
     if cause is not None and is_edit_conflict(cause):
         # Other events' commits kept changing the documents this one edits (a hot customer):
         # nothing was applied and nothing is wrong with the event. Given back, not counted.
+        # Firestore's message names the document (an object's ID): it is not repeated.
+        contended = f"{type(cause).__name__}: other events kept changing what it edits"
         for claim in claims:
-            ledger.record_failure(claim, description, counts=False)
+            ledger.record_failure(claim, contended, counts=False)
         return Delivery(
-            Outcome.CONTENDED, received.id, received.type, error=description, retry_after=1
+            Outcome.CONTENDED, received.id, received.type, error=contended, retry_after=1
         )
     outcome = ledger.record_failure(first, description, counts=not unavailable)
     for other in others:
