@@ -23,6 +23,10 @@ its access appears under its user the moment the link does. A user's document ag
 every customer linked to it. Computing from the stored entries, never from the event alone,
 makes the documents the same in every delivery order. Only `updated_at` (the server's time of
 the last change) is not part of that.
+
+One module, one job: the access view, from its inputs (the followers of three projections and
+the entitlement handler) through its computation to its one outside effect (the custom-claims
+executor), so that every rule of "who may use what" is read in one place.
 """
 
 from __future__ import annotations
