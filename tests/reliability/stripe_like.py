@@ -22,12 +22,14 @@ NO_ANSWER = requests.RequestException
 
 @dataclass
 class Answer:
-    """One HTTP attempt: status (0 when the connection failed) and latency in seconds."""
+    """One HTTP attempt: status (0 when the connection failed, `error` then says how) and
+    latency in seconds."""
 
     event_id: str
     status: int
     latency: float
     started: float
+    error: str = ""
 
 
 @dataclass
@@ -44,22 +46,32 @@ class Deliveries:
     def statuses(self) -> list[int]:
         return [answer.status for answer in self.answers]
 
+    def failed(self) -> list[Answer]:
+        """The attempts answered 5xx or not at all: what a healthy function never gives."""
+        return [answer for answer in self.answers if answer.status >= 500 or answer.status == 0]
 
-def post(url: str, event: Mapping[str, Any], session: requests.Session) -> Answer:
-    """One signed POST (re-signed each time, as Stripe does); status 0 if it never answered."""
+
+def post(url: str, event: Mapping[str, Any]) -> Answer:
+    """One signed POST (re-signed each time, as Stripe does) on a connection of its own; status
+    0 if it never answered.
+
+    A connection is never reused across attempts: Stripe's retries are minutes apart, while a
+    kept-alive connection that idled for about gunicorn's keep-alive (2 s) can be closed by the
+    server just as the next request goes out, a reset that says nothing about the function."""
     payload = json.dumps(event)
     started = time.monotonic()
+    status, error = 0, ""
     try:
-        response = session.post(
+        response = requests.post(
             url,
             data=payload.encode(),
             headers={"Stripe-Signature": sign(payload, SECRET), "Content-Type": "application/json"},
             timeout=60,
         )
         status = response.status_code
-    except NO_ANSWER:
-        status = 0
-    return Answer(str(event["id"]), status, time.monotonic() - started, started)
+    except NO_ANSWER as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    return Answer(str(event["id"]), status, time.monotonic() - started, started, error)
 
 
 def deliver_until_accepted(
@@ -71,10 +83,9 @@ def deliver_until_accepted(
     pause: Callable[[int], float] = lambda attempt: min(0.2 * 2**attempt, 3.0),
 ) -> Answer:
     """Redeliver until a 2xx (Stripe's retries, compressed in time); fail past `deadline`."""
-    session = requests.Session()
     attempt = 0
     while True:
-        answer = post(url, event, session)
+        answer = post(url, event)
         deliveries.add(answer)
         if 200 <= answer.status < 300:
             return answer

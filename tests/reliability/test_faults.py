@@ -9,11 +9,11 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from google.cloud import firestore
 
 from tests.reliability.proxy import TcpProxy
@@ -89,11 +89,8 @@ def test_firestore_cut_mid_load(
     cutter = threading.Thread(target=cut_after_a_while)
     cutter.start()
     try:
-        session = requests.Session()
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=16) as pool:
-            for answer in pool.map(lambda e: post(server.url, e, session), events):
+            for answer in pool.map(lambda e: post(server.url, e), events):
                 first_pass.add(answer)
         cutter.join()
         # Before any redelivery: every event answered 200 is committed.
@@ -182,7 +179,7 @@ def test_crash_after_commit_before_answer(
         source=ROOT / "tests" / "reliability" / "crash_after_commit.py",
     ).start()
     try:
-        answer = post(crashing.url, event, requests.Session())
+        answer = post(crashing.url, event)
     finally:
         crashing.stop()
     assert answer.status == 0  # Stripe saw no answer

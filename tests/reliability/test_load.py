@@ -103,7 +103,7 @@ def test_ten_thousand_events_each_applied_once(
     elapsed = time.monotonic() - started
 
     statuses = deliveries.statuses()
-    assert not [s for s in statuses if s >= 500 or s == 0]
+    assert not deliveries.failed(), deliveries.failed()[:5]
     assert set(statuses) <= {200, 409}
     assert len(statuses) >= sum(copies(e) for e in events)
 
