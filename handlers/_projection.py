@@ -28,10 +28,12 @@ where the object lacks them), plus `livemode`, `account`, `last_event_id`,
 require, see `handlers._storable`); the rank of a stored state is computed again from its
 `object`.
 
-A projection reads its document through the event's transaction (declared with `reads=`, so
-it is fetched in the one batched read before any handler runs) and writes in the same
-transaction, so concurrent events for one object serialise on the document instead of
-overwriting each other.
+A projection edits its document (declared with `edits=`, see `stripe_ledger.context.Edits`):
+it is read without a lock, in one batch with its followers' documents, and written in the
+event's transaction with a precondition that it did not change since. Concurrent events for
+one object (an invoice's five events at each renewal) never wait on each other's locks; the
+one whose document changed first runs again from the start, so none overwrites another's
+state.
 """
 
 from __future__ import annotations
@@ -154,13 +156,10 @@ class Projection:
         """Keep `follower`'s documents in step with this projection (see `Follower`)."""
         self.followers.append(follower)
 
-    def reads(self, ctx: HandlerContext) -> list[firestore.DocumentReference]:
-        """The document applying the event reads through its transaction: its object's."""
-        return [self.ref(ctx)]
-
     def edits(self, ctx: HandlerContext) -> list[firestore.DocumentReference]:
-        """The documents its followers edit (read without a lock)."""
-        return [ref for follower in self.followers for ref in follower.edits(ctx)]
+        """The documents applying the event edits (read without a lock): its object's, then
+        its followers'."""
+        return [self.ref(ctx), *(ref for f in self.followers for ref in f.edits(ctx))]
 
     def applies_to(self, received: VerifiedEvent) -> bool:
         """Whether `received`'s object can be projected (it has a usable ID)."""
@@ -205,14 +204,13 @@ class Projection:
 
     def apply(self, ctx: HandlerContext) -> None:
         """Write this event's state unless the document already holds a later one."""
-        ref = self.ref(ctx)
-        current = ctx.get(ref).to_dict()  # through the transaction: fetched in the batch
+        current = ctx.edit(self.ref(ctx))  # empty when the object has no document yet
         document = storable_document(self.document(ctx.received))
         # An event that does not order after the stored state (a late or older event, or a
-        # replay of the one that wrote it) would not change the document: no write at all.
-        if current is None or self.replaces(ctx.received, document, current):
-            ctx.tx.set(ref, document)
-            current = document
+        # replay of the one that wrote it) leaves the document as read: no write at all.
+        if not current or self.replaces(ctx.received, document, current):
+            current.clear()
+            current.update(document)
         for follower in self.followers:
             follower.follow(ctx, current)
 
@@ -283,7 +281,7 @@ imported): their collections are what the deployment exempts, indexes and locks.
 def register_projection(
     projection: Projection, *event_types: str, family: tuple[str, str] | None = None
 ) -> None:
-    """Register `projection` as the handler of `event_types`, with its read declared.
+    """Register `projection` as the handler of `event_types`, with its edits declared.
 
     It applies only to events whose object has an ID, so the others are recorded `ignored`.
     `family` is `(object type, event type)`: a thin event of a type no handler takes about an
@@ -298,6 +296,4 @@ def register_projection(
         projection.apply(ctx)
 
     project.__qualname__ = f"project_{projection.collection}"
-    on(*event_types, reads=projection.reads, when=projection.applies_to, edits=projection.edits)(
-        project
-    )
+    on(*event_types, when=projection.applies_to, edits=projection.edits)(project)

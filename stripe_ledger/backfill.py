@@ -37,7 +37,7 @@ from stripe_ledger.context import (
 )
 from stripe_ledger.errors import LedgerUnavailable, StripeUnavailable
 from stripe_ledger.fetch import StripeFetcher
-from stripe_ledger.firestore_client import translated, write_count
+from stripe_ledger.firestore_client import translated
 from stripe_ledger.ledger import Clock, Snapshot
 from stripe_ledger.outbox import Outbox, TaskBatch, run_enqueued
 from stripe_ledger.verify import VerifiedEvent
@@ -60,8 +60,6 @@ class Projects(Protocol):
     def collection(self) -> str: ...
 
     def applies_to(self, received: VerifiedEvent) -> bool: ...
-
-    def reads(self, ctx: HandlerContext) -> list[firestore.DocumentReference]: ...
 
     def edits(self, ctx: HandlerContext) -> list[firestore.DocumentReference]: ...
 
@@ -315,17 +313,16 @@ def _write_page(
             )
             for received in states
         ]
-        if contexts:  # the whole page's reads (documents, followers') in one batch per round
+        if contexts:  # the whole page's documents and followers' in one batch per round
             read_declared(
                 contexts[0],
-                lambda: [ref for c in contexts for ref in projection.reads(c)],
+                lambda: (),
                 lambda: [ref for c in contexts for ref in projection.edits(c)],
             )
-        before = write_count(tx)
         for ctx in contexts:
             projection.apply(ctx)
-        count = write_count(tx) - before
-        edits.write(tx)
+        written = edits.write(tx)
+        count = sum(ref.parent.id == projection.collection for ref in written)
         if tasks is not None:
             tasks.write()
         tx.set(progress_ref, {**state, "written": written_before + count})

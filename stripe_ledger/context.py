@@ -157,14 +157,16 @@ class Edits:
             self._documents[ref.path] = held
         return held[1]
 
-    def write(self, tx: firestore.Transaction) -> None:
+    def write(self, tx: firestore.Transaction) -> list[firestore.DocumentReference]:
         """Write every working copy that differs from what was read, each with its
-        precondition."""
+        precondition; return the documents written."""
+        written = []
         for path, (ref, document) in self._documents.items():
             snapshot = self._read[path]
             stored = snapshot.to_dict() or {}
             if document == stored:
                 continue
+            written.append(ref)
             if not snapshot.exists:
                 tx.create(ref, document)
                 continue
@@ -181,6 +183,7 @@ class Edits:
                 fields,
                 option=firestore.Client.write_option(last_update_time=snapshot.update_time),
             )
+        return written
 
 
 class HandlerContext:

@@ -88,7 +88,8 @@ class HandlerRegistry:
         `reads`, if given, returns the documents the handler will read with `ctx.get`; they
         are fetched together with every other handler's before the first handler runs.
         `edits`, if given, returns the documents it changes with `ctx.edit` (read without a
-        lock, written with a precondition: `stripe_ledger.context.Edits`). `when`, if given,
+        lock, written with a precondition: `stripe_ledger.context.Edits`); such handlers run
+        after the others, so that the read is close to the commit. `when`, if given,
         narrows the events of those types the handler applies to.
         """
         if not event_types:

@@ -1,6 +1,6 @@
 """The billing projections on the emulator, delivered in-process with `process_event`:
-ordering rules, API shapes, ignored events, reads through the transaction, concurrency and
-the cost of a delivery on the wire."""
+ordering rules, API shapes, ignored events, documents read without a lock and written with a
+precondition, concurrency and the cost of a delivery on the wire."""
 
 from __future__ import annotations
 
@@ -276,7 +276,7 @@ class TestStorage:
         ):
             event = make_event("payment_intent.succeeded", obj)
             assert deliver(db, registry, event).outcome is Outcome.COMPLETED
-            # A later event reads the stored document back through the transaction.
+            # A later event reads the stored document back.
             later = make_event("payment_intent.succeeded", obj, created=event["created"] + 1)
             assert deliver(db, registry, later).outcome is Outcome.COMPLETED
         deep_document, huge_document = (
@@ -434,8 +434,8 @@ class TestEfficiency:
         self, db: firestore.Client, registry: HandlerRegistry
     ) -> None:
         """A projected event's first delivery: the claim's Commit, BeginTransaction, one
-        BatchGetDocuments (the projection document), and the Commit of projection and
-        ledger record together."""
+        BatchGetDocuments (the projection document, without a lock), and the Commit of
+        projection and ledger record together."""
         counter = count_rpcs(db)
         intent = {"id": fresh("pi"), "object": "payment_intent", "status": "succeeded"}
         event = make_event("payment_intent.succeeded", intent)
@@ -443,22 +443,22 @@ class TestEfficiency:
         assert dict(counter.calls) == {"Commit": 2, "BeginTransaction": 1, "BatchGetDocuments": 1}
         assert counter.total() <= 4
 
-    def test_an_event_that_changes_access_costs_one_read_more(
+    def test_an_event_that_changes_access_costs_no_call_more(
         self, db: firestore.Client, registry: HandlerRegistry
     ) -> None:
-        """A customer's event also reads the customer's access, without a lock (outside the
-        transaction), and writes it in the same commit: five calls."""
+        """A customer's event also reads the customer's access, in the same batch as the
+        projection document, and writes it in the same commit: four calls."""
         counter = count_rpcs(db)
         event = make_event("customer.created", {"id": fresh("cus"), "email": "a@example.com"})
         assert deliver(db, registry, event).outcome is Outcome.COMPLETED
-        assert dict(counter.calls) == {"Commit": 2, "BeginTransaction": 1, "BatchGetDocuments": 2}
+        assert dict(counter.calls) == {"Commit": 2, "BeginTransaction": 1, "BatchGetDocuments": 1}
 
     def test_an_event_that_changes_nothing_writes_no_projection(
         self, db: firestore.Client, registry: HandlerRegistry
     ) -> None:
-        """An older event after a newer one still costs its calls (four, and the unlocked
-        read of the customer's access), but its transaction commits the ledger record alone:
-        neither the projection document nor the access is rewritten."""
+        """An older event after a newer one still costs its four calls, but its transaction
+        commits the ledger record alone: neither the projection document nor the access is
+        rewritten."""
         customer_id, now = fresh("cus"), int(time.time())  # recent: claimed without a read
         newer = make_event("customer.updated", {"id": customer_id, "name": "new"}, created=now)
         older = make_event("customer.updated", {"id": customer_id, "name": "old"}, created=now - 1)
@@ -469,19 +469,20 @@ class TestEfficiency:
         recorder.requests.clear()
         recorder.reset()
         assert deliver(db, registry, older).outcome is Outcome.COMPLETED
-        assert recorder.total() == 5
+        assert recorder.total() == 4
         assert recorder.written() == [f"stripe_events/{older['id']}"] * 2  # claim, completion
         assert db.collection("customers").document(customer_id).get().update_time == before
 
 
-class TestTransactionalReads:
-    def test_every_read_goes_through_the_transaction(
+class TestEditsOnTheWire:
+    def test_documents_are_read_without_a_lock_and_written_with_a_precondition(
         self, db: firestore.Client, registry: HandlerRegistry
     ) -> None:
-        """On the wire: the projection is read by one BatchGetDocuments carrying the
-        transaction that then commits it; the only read outside it is the access of the
-        subscription's customer (`Edits`: written with a precondition in that commit; the
-        customer has no user, so no second read follows)."""
+        """On the wire: the projection and the access of the subscription's customer are read
+        by one BatchGetDocuments outside the transaction (no lock for a concurrent event to
+        wait on), and the transaction's Commit writes each with a precondition: the
+        projection must still not exist, the access too (the customer has no user, so no
+        second read follows)."""
         recorder = record_rpcs(db)
         sub_id = fresh("sub")
         deliver(
@@ -490,22 +491,36 @@ class TestTransactionalReads:
             make_event("customer.subscription.created", subscription(sub_id, "active")),
         )
         methods = [method for method, _ in recorder.requests]
-        assert methods == [
-            "Commit",
-            "BeginTransaction",
-            "BatchGetDocuments",
-            "BatchGetDocuments",
-            "Commit",
+        assert methods == ["Commit", "BeginTransaction", "BatchGetDocuments", "Commit"]
+        read, commit = recorder.requests[2][1], recorder.requests[3][1]
+        assert not read.transaction
+        assert not read.new_transaction
+        assert [name.rsplit("/", 2)[-2:] for name in read.documents] == [
+            ["subscriptions", sub_id],
+            ["customer_access", "cus_1"],
         ]
-        read, unlocked, commit = (recorder.requests[n][1] for n in (2, 3, 4))
-        assert read.transaction
-        assert read.transaction == commit.transaction
-        assert [name.rsplit("/", 2)[-2:] for name in read.documents] == [["subscriptions", sub_id]]
-        assert not unlocked.transaction
-        assert not unlocked.new_transaction
-        assert [name.rsplit("/", 2)[-2:] for name in unlocked.documents] == [
-            ["customer_access", "cus_1"]
-        ]
+        assert commit.transaction
+        preconditions = {
+            write.update.name.split("/documents/", 1)[-1]: write.current_document
+            for write in commit.writes
+            if write.update.name
+        }
+        for path in (f"subscriptions/{sub_id}", "customer_access/cus_1"):
+            assert "exists" in preconditions[path], path
+            assert preconditions[path].exists is False, path
+
+        recorder.requests.clear()
+        later = subscription(sub_id, "past_due")
+        deliver(
+            db,
+            registry,
+            make_event("customer.subscription.updated", later, created=int(time.time()) + 5),
+        )
+        commit = next(r for m, r in recorder.requests if m == "Commit" and r.transaction)
+        stored_doc = db.collection("subscriptions").document(sub_id).get()
+        (projection_write,) = [w for w in commit.writes if w.update.name.endswith(sub_id)]
+        assert projection_write.current_document.update_time  # must not have changed since
+        assert stored_doc.get("status") == "past_due"
 
 
 class TestConcurrentEvents:
@@ -522,9 +537,10 @@ class TestConcurrentEvents:
             "customer.updated", reads=project.reads, when=project.when, edits=project.edits
         )(project.handler)
 
-        @registry.on("customer.updated")
+        # Declaring the same edits, it runs after the projection read its document and
+        # changed its working copy, before the commit; only once.
+        @registry.on("customer.updated", edits=project.edits)
         def hold_the_older_open(ctx: HandlerContext) -> None:
-            # Runs after the projection read and buffered its write; only once.
             if ctx.object.get("name") == "older" and ctx.event_id not in first_attempts:
                 first_attempts.add(ctx.event_id)
                 holding.set()
@@ -553,8 +569,8 @@ class TestConcurrentEvents:
         self, db: firestore.Client, registry: HandlerRegistry
     ) -> None:
         """The older event read the (empty) document first and wants to write after the
-        newer one: its transaction conflicts, is retried (by the client, or by redelivery
-        after a 503), reads the newer state and writes nothing. Both events complete."""
+        newer one: its commit's precondition fails, it runs again, reads the newer state and
+        writes nothing. Both events complete."""
         (project,) = registry.handlers_for("customer.updated")
         document, deliveries = self._race(db, project)
         assert [d.outcome for d in deliveries] == [Outcome.COMPLETED, Outcome.COMPLETED]
@@ -565,12 +581,12 @@ class TestConcurrentEvents:
         self, db: firestore.Client
     ) -> None:
         """The control for the test above: the same ordering rule, reading with a plain
-        `get()` instead of through the transaction, lets the older event overwrite the newer
+        `get()` and writing without a precondition, lets the older event overwrite the newer
         one, so the race above really exercises a blind overwrite."""
 
         def blind(ctx: HandlerContext) -> None:
             ref = CUSTOMERS.ref(ctx)
-            # Outside the transaction, and not declared with `reads=` (which would prefetch it
+            # Not declared with `edits=` (written with a precondition) nor `reads=` (read
             # through the transaction): no lock, no conflict.
             current = ref.get().to_dict()
             document = CUSTOMERS.document(ctx.received)

@@ -4,6 +4,7 @@ functions-framework, against the emulator."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections import Counter
@@ -20,7 +21,14 @@ from stripe_ledger.ledger import EventLedger
 from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import import_handler_modules
 from stripe_ledger.verify import parse_event
-from tests.support import SECRET, FunctionServer, fixture_files, ledger_record, load_fixture
+from tests.support import (
+    SECRET,
+    FunctionServer,
+    fixture_files,
+    ledger_record,
+    load_fixture,
+    make_event,
+)
 from tests.test_projections_sequences import finals, life
 
 pytestmark = [pytest.mark.emulator, pytest.mark.e2e]
@@ -244,3 +252,47 @@ class TestSequenceOverHttp:
         assert all(response.ok for response in responses)
         assert finals(db, token) == finals(db, reference)
         assert finals(db, token)["subscription"]["status"] == "canceled"
+
+
+def renewal(invoice_id: str, at: int) -> list[dict[str, Any]]:
+    """Eight distinct events of one invoice's renewal, the last (newest) one last."""
+
+    def invoice(status: str, **extra: Any) -> dict[str, Any]:
+        return {"id": invoice_id, "object": "invoice", "status": status, "number": "A-1", **extra}
+
+    return [
+        make_event("invoice.created", invoice("draft", number=None), created=at),
+        make_event("invoice.updated", invoice("draft"), created=at + 1),
+        make_event("invoice.finalized", invoice("open"), created=at + 2),
+        make_event("invoice.updated", invoice("open"), created=at + 2),
+        make_event("invoice.paid", invoice("paid"), created=at + 3),
+        make_event("invoice.payment_succeeded", invoice("paid"), created=at + 3),
+        make_event("invoice.updated", invoice("paid"), created=at + 3),
+        make_event("invoice.updated", invoice("paid", metadata={"n": "newest"}), created=at + 4),
+    ]
+
+
+class TestHotObject:
+    def test_an_invoices_renewal_events_arriving_together_all_settle_at_once(
+        self, server: FunctionServer, db: firestore.Client
+    ) -> None:
+        """Eight distinct events about one invoice posted at the same instant, three times
+        over: every one is answered 200 `completed` at its first delivery (none 409 or 503,
+        none left for a redelivery), and the invoice holds the newest state."""
+        for _ in range(3):
+            invoice_id = f"in_{uuid.uuid4().hex[:14]}"
+            events = renewal(invoice_id, int(time.time()))
+            together = threading.Barrier(len(events))
+
+            def post(event: dict[str, Any], together: threading.Barrier = together) -> Any:
+                together.wait()
+                response = server.post(event)
+                return response.status_code, response.json().get("status")
+
+            with ThreadPoolExecutor(len(events)) as pool:
+                answers = list(pool.map(post, events))
+            assert answers == [(200, "completed")] * len(events)
+            document = db.collection("invoices").document(invoice_id).get().to_dict()
+            assert document is not None
+            assert document["last_event_id"] == events[-1]["id"]
+            assert document["object"]["metadata"] == {"n": "newest"}
