@@ -28,12 +28,17 @@ EFFECTS = "reliability_effects"
 
 def fixture_events(count: int, seed: int = 3) -> list[dict[str, Any]]:
     """`count` events cycled from the captured Stripe payloads, each with a fresh event ID,
-    `created` and object ID (one in ten shares its object with the previous event)."""
+    `created`, object ID and customer (one in ten shares its object, and its customer, with
+    the previous event).
+
+    The customer is drawn afresh too: most fixtures name one of a few customers, which would
+    make those few receive thousands of events within minutes, a hot customer that
+    `tests/test_access.py::TestAHotCustomer` measures on its own."""
     rng = random.Random(seed)
     templates = [json.loads(path.read_text()) for path in fixture_files()]
     events = []
     now = int(time.time())
-    object_id = None
+    object_id = customer_id = None
     for n in range(count):
         event = copy.deepcopy(templates[n % len(templates)])
         event["id"] = f"evt_load{uuid.uuid4().hex}"
@@ -42,7 +47,10 @@ def fixture_events(count: int, seed: int = 3) -> list[dict[str, Any]]:
         if "id" in obj:
             if object_id is None or rng.random() > 0.1:
                 object_id = f"{str(obj['id']).split('_')[0]}_load{uuid.uuid4().hex[:20]}"
+                customer_id = f"cus_load{uuid.uuid4().hex[:20]}"
             obj["id"] = object_id
+            if isinstance(obj.get("customer"), str):
+                obj["customer"] = customer_id
         events.append(event)
     return events
 
