@@ -50,9 +50,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## The whole suite: lint, types, and every test (the harness starts the emulator itself).
+## The whole suite: lint, types, and every test (the harness starts the emulator itself), in
+## two workers, each with its own emulator; a file's tests stay in one worker, so a class's
+## function server is started once. A single file runs as well with plain `$(BIN)/pytest`.
 test: install lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 ## Write dist/function-source.zip, what Terraform deploys: the function, the core, the built-in
 ## handlers, your handler packages (terraform.tfvars's handler_modules, or HANDLER_MODULES=...)

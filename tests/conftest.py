@@ -1,13 +1,15 @@
 """The test harness: the Firestore emulator for the session, and a fresh project per test.
 
 When FIRESTORE_EMULATOR_HOST is unset, the official emulator is started here (and stopped at
-the end); if it cannot start, every test that needs it errors loudly instead of skipping.
+the end; in each worker when `make test` runs the suite in parallel); if it cannot start,
+every test that needs it errors loudly instead of skipping. Tests keep figure lines with
+`report`, printed in the summary.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from google.cloud import firestore
@@ -21,6 +23,36 @@ from tests.auth_emulator import auth_app, auth_emulator
 __all__ = ["auth_app", "auth_emulator"]
 
 _prefixer = Prefixer("stripe-ledger", "tests", separator="-")
+
+
+_FIGURE = "figure"
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Keep a figure line of the reliability suite (docs/reliability.md quotes them) on the
+    test's report: the session's summary prints it, also when tests run in parallel workers."""
+
+    def emit(line: str) -> None:
+        request.node.user_properties.append((_FIGURE, f"[reliability] {line}"))
+
+    return emit
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figure lines tests kept (`report`), in a section of their own."""
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == _FIGURE
+    ]
+    if lines:
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.line(line)
 
 
 @pytest.fixture(scope="session")
