@@ -27,13 +27,30 @@ def _row(label: str, stats: dict[str, Any], unit: str = "ms") -> str:
     )
 
 
+def _machine(meta: dict[str, Any]) -> str:
+    memory = f", {meta['memory_gib']} GiB" if meta.get("memory_gib") else ""
+    return f"{meta['cpus']} CPUs{memory}, {meta.get('machine', '?')}, Python {meta['python']}"
+
+
+def _versions(meta: dict[str, Any]) -> str:
+    return ", ".join(f"{package} {version}" for package, version in meta["versions"].items())
+
+
+def _ratio(target: dict[str, Any]) -> str:
+    """The target's measured value over its limit, as the bar's label says it."""
+    if not target["limit"]:
+        return "-"
+    return f"{target['measured'] / target['limit']:.2f}x"
+
+
 def table(results: dict[str, Any]) -> str:
     """The run as text: floors and ours side by side, RPCs, load, then every target."""
     meta, latency = results["meta"], results["latency_ms"]
     config = meta["config"]
     lines = [
-        f"Benchmark: {config['events']} events, {meta['cpus']} CPUs, Python {meta['python']}, "
+        f"Benchmark of {meta['started']}: {config['events']} events, {_machine(meta)}, "
         f"{meta['duration_s']} s",
+        f"  {_versions(meta)}",
         "",
         f"  {'latency (client side)':<40} {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}",
     ]
@@ -45,7 +62,8 @@ def table(results: dict[str, Any]) -> str:
         _row("floor (a): bare function", cold["floor_a"], "s"),
         _row("floor (c): bare + stripe + firestore", cold["floor_c"], "s"),
         _row("ours: first delivery of a new instance", cold["ours"], "s"),
-        f"  ours / floor (c) within each round, median: {results['cold_start_paired_ratio_p50']}",
+        f"  ours / floor (c) within each round: {results['cold_start_paired_ratios']} "
+        f"(median {results['cold_start_paired_ratio_p50']})",
         "  of which after gunicorn listened (worker boot + first request), p50: "
         + ", ".join(
             f"{kind} {stats['p50']:.0f} ms"
@@ -82,25 +100,36 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"  answers before a first 200: {results['cold_start_answers_before_200']}")
     if results.get("unexpected_answers"):
         lines.append(f"  UNEXPECTED ANSWERS: {results['unexpected_answers']}")
-    lines += ["", f"  {'target':<42} {'measured':>10} {'limit':>10}  {'unit':<7} {'rule':<28}"]
+    lines += [
+        "",
+        f"  {'target':<42} {'measured':>10} {'limit':>10} {'ratio':>7}  {'unit':<7} {'rule':<32}",
+    ]
     for target in results["targets"]:
         verdict = "PASS" if target["passed"] else "MISS"
         lines.append(
-            f"  {target['name']:<42} {target['measured']:>10.3f} {target['limit']:>10.3f}  "
-            f"{target['unit']:<7} {target['rule']:<28} {verdict}"
+            f"  {target['name']:<42} {target['measured']:>10.3f} {target['limit']:>10.3f} "
+            f"{_ratio(target):>7}  {target['unit']:<7} {target['rule']:<32} {verdict}"
         )
     return "\n".join(lines)
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
-    """Latency distributions (floors vs ours, first vs duplicate) and each target's margin."""
+    """The run on one page: latency distributions (floors vs ours, first vs duplicate), cold
+    starts, the contention and hot-object bursts, and each target's measured ratio; the date,
+    machine and versions in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    samples = results["samples_ms"]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5), width_ratios=[3, 2])
+    samples, meta = results["samples_ms"], results["meta"]
+    figure, axes = plt.subplots(2, 2, figsize=(15, 10), width_ratios=[3, 2])
+    (latency, targets), (cold, bursts) = axes
+    figure.suptitle(
+        f"stripe-ledger benchmark, {meta['started']}: {_machine(meta)}\n{_versions(meta)}; "
+        f"Firestore emulator {meta['emulator']}",
+        fontsize=9,
+    )
     styles = {
         "floor_a": ("tab:gray", ":"),
         "floor_b": ("tab:brown", ":"),
@@ -111,37 +140,75 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         "duplicate_old": ("tab:green", "--"),
     }
     for key, (color, style) in styles.items():
-        values = sorted(samples.get(key, []))
-        if not values:
-            continue
-        fractions = [(i + 1) / len(values) for i in range(len(values))]
         p50 = results["latency_ms"][key]["p50"]
-        left.step(
-            values, fractions, where="post", color=color, linestyle=style,
-            label=f"{_SERIES[key]} (p50 {p50:.1f} ms)",
-        )  # fmt: skip
-    left.set_xscale("log")
-    left.set_xlabel("latency seen by the sender (ms, log scale)")
-    left.set_ylabel("fraction of requests")
-    left.set_title("Sequential deliveries over HTTP, same run")
-    left.grid(True, which="both", alpha=0.3)
-    left.legend(loc="lower right", fontsize=8)
+        _cdf(latency, samples.get(key, []), color, style, f"{_SERIES[key]} (p50 {p50:.1f} ms)")
+    latency.set_title("Sequential deliveries over HTTP, same run")
+    _cdf_axes(latency, "latency seen by the sender (ms, log scale)")
 
-    names, ratios, colors = [], [], []
+    kinds = {"floor_a": "floor (a)", "floor_c": "floor (c)", "ours": "ours"}
+    cold_samples = [[ms / 1000 for ms in samples.get(f"cold_{kind}", [])] for kind in kinds]
+    cold.boxplot(cold_samples, orientation="horizontal")
+    cold.set_yticks(range(1, len(kinds) + 1), list(kinds.values()))
+    for row, values in enumerate(cold_samples, start=1):
+        cold.scatter(values, [row] * len(values), color="tab:blue", s=12, zorder=3)
+    ratios = ", ".join(f"{ratio:.2f}" for ratio in results["cold_start_paired_ratios"])
+    cold.set_title(f"Cold start, spawn to first 200; ours / floor (c) per round: {ratios}")
+    cold.set_xlabel("seconds")
+    cold.grid(True, alpha=0.3)
+
+    contention, hot = results["contention"], results["hot_object"]
+    burst_series = [
+        ("throughput_ours", "tab:blue", "-", "ours at concurrency 16"),
+        (
+            "contention",
+            "tab:orange",
+            "-",
+            f"contention: {contention['events']} events x {contention['copies']} at once",
+        ),
+        ("hot_object", "tab:red", "-", f"hot object: {hot['events_per_object']} events at once"),
+    ]
+    for key, color, style, label in burst_series:
+        _cdf(bursts, samples.get(key, []), color, style, label)
+    bursts.set_title("Under load: concurrency 16, and bursts at one instant")
+    _cdf_axes(bursts, "latency seen by the sender (ms, log scale)")
+
+    names, used, colors = [], [], []
     for target in results["targets"]:
         names.append(target["name"])
-        ratios.append(min(target["used"], 3.0))
+        used.append(min(target["used"], 3.0))
         colors.append("tab:green" if target["passed"] else "tab:red")
-    bars = right.barh(names, ratios, color=colors)
-    labels = [f"{t['measured']:g} / {t['limit']:g} {t['unit']}" for t in results["targets"]]
-    right.bar_label(bars, labels=labels, padding=3, fontsize=7)
-    right.set_xlim(0, max([*ratios, 1.0]) * 1.35)
-    right.axvline(1.0, color="black", linewidth=1)
-    right.invert_yaxis()
-    right.set_xlabel("share of the target's allowance used (< 1 passes)")
-    right.set_title("Targets")
-    right.tick_params(axis="y", labelsize=8)
+    bars = targets.barh(names, used, color=colors)
+    labels = [
+        f"{_ratio(t)}: {t['measured']:g} / {t['limit']:g} {t['unit']}" for t in results["targets"]
+    ]
+    targets.bar_label(bars, labels=labels, padding=3, fontsize=7)
+    targets.set_xlim(0, max([*used, 1.0]) * 1.6)
+    targets.axvline(1.0, color="black", linewidth=1)
+    targets.invert_yaxis()
+    targets.set_xlabel("share of the target's allowance used (< 1 passes)")
+    targets.set_title("Targets: measured / limit")
+    targets.tick_params(axis="y", labelsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def _cdf(axis: Any, values: list[float], color: str, style: str, label: str) -> None:
+    ordered = sorted(values)
+    if ordered:
+        fractions = [(i + 1) / len(ordered) for i in range(len(ordered))]
+        axis.step(ordered, fractions, where="post", color=color, linestyle=style, label=label)
+
+
+def _cdf_axes(axis: Any, xlabel: str) -> None:
+    from matplotlib.ticker import ScalarFormatter
+
+    axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(ScalarFormatter())
+    axis.xaxis.set_minor_formatter(ScalarFormatter())
+    axis.tick_params(axis="x", which="minor", labelsize=6)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("fraction of requests")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(loc="lower right", fontsize=8)
