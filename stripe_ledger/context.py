@@ -13,7 +13,12 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from stripe_ledger.config import Settings
-from stripe_ledger.firestore_client import buffered_paths, read_through, translated
+from stripe_ledger.firestore_client import (
+    buffer_replacement,
+    buffered_paths,
+    read_through,
+    translated,
+)
 from stripe_ledger.ledger import Snapshot
 from stripe_ledger.logs import log
 
@@ -167,22 +172,8 @@ class Edits:
             if document == stored:
                 continue
             written.append(ref)
-            if not snapshot.exists:
-                tx.create(ref, document)
-                continue
-            # A whole-document write with a precondition: update every field, delete the
-            # fields the document no longer has.
-            fields: dict[str, Any] = dict.fromkeys(
-                set(stored) - set(document), firestore.DELETE_FIELD
-            )
-            fields.update(
-                {firestore.Client.field_path(key): value for key, value in document.items()}
-            )
-            tx.update(
-                ref,
-                fields,
-                option=firestore.Client.write_option(last_update_time=snapshot.update_time),
-            )
+            update_time = snapshot.update_time if snapshot.exists else None
+            buffer_replacement(tx, ref, document, update_time=update_time)
         return written
 
 

@@ -28,7 +28,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from stripe_ledger.errors import LedgerUnavailable
-from stripe_ledger.firestore_client import translated
+from stripe_ledger.firestore_client import create_document, translated
 
 __all__ = [
     "TOKEN_FIELD",
@@ -107,13 +107,13 @@ def create(
     document = {**document, TOKEN_FIELD: token}
     try:
         with translated("create"):
-            result = ref.create(document)  # pragma: SYNCPOINT ledger
+            created = create_document(ref, document)  # pragma: SYNCPOINT ledger
     except gexc.AlreadyExists:
         # Also what a retry of our own create answers when the first attempt had landed.
         return _read_back(ref, token, read_back, before=None, answered=True)
     except LedgerUnavailable:
         return _read_back(ref, token, read_back, before=None, answered=False)
-    return Written(result.update_time)
+    return Written(created)
 
 
 def compare_and_set(

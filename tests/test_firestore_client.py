@@ -1,18 +1,23 @@
-"""The function's Firestore client gives up on an unreachable Firestore within its bound."""
+"""The Firestore adapter: the function's client gives up on an unreachable Firestore within
+its bound, and the writes it buffers itself equal the client library's."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
 from stripe_ledger.config import Settings
 from stripe_ledger.errors import LedgerUnavailable
-from stripe_ledger.firestore_client import bound_rpc_time
+from stripe_ledger.firestore_client import bound_rpc_time, buffer_replacement, create_document
 from stripe_ledger.ledger import EventLedger
 from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import HandlerRegistry
@@ -40,3 +45,88 @@ def test_unreachable_firestore_is_unavailable_within_the_bound(
             received, db=client, ledger=EventLedger(client, settings), registry=HandlerRegistry()
         )
     assert time.monotonic() - started < 10
+
+
+# Every shape of plain data a projection holds, and values only the client library encodes.
+_DATA: dict[str, Any] = {
+    "none": None,
+    "true": True,
+    "zero": 0,
+    "big": 2**63 - 1,
+    "negative": -(2**63),
+    "float": 1.5,
+    "whole_float": 2.0,
+    "text": "héllo",
+    "empty_text": "",
+    "empty_map": {},
+    "empty_list": [],
+    "nested": {"a": [1, {"b": [None, False, "c"]}, {}], "dotted.key": {"`odd` key": 1}},
+    "when": datetime(2026, 12, 2, 6, 0, 0, 123456, tzinfo=UTC),
+    "raw": b"\x00\x01",
+    "tuple": (1, 2),
+}
+
+
+@pytest.mark.emulator
+class TestBufferReplacement:
+    def _commit(self, db: firestore.Client, write: Callable[[firestore.Transaction], None]) -> None:
+        firestore.transactional(write)(db.transaction())
+
+    def test_plain_data_is_written_as_the_client_writes_it(self, db: firestore.Client) -> None:
+        """Every value reads back as it does when the client library writes the same data
+        (which it encodes itself); the written request's fields are equal too."""
+        ours, theirs = db.collection("c").document("ours"), db.collection("c").document("theirs")
+        theirs.create(_DATA)
+        self._commit(db, lambda tx: buffer_replacement(tx, ours, _DATA))
+        assert ours.get().to_dict() == theirs.get().to_dict()
+
+        tx = db.transaction()
+        buffer_replacement(tx, ours, _DATA)
+        tx.create(theirs, _DATA)
+        mine, client = tx._write_pbs
+        assert mine.update.fields == client._pb.update.fields
+
+    def test_it_replaces_the_whole_document_on_condition(self, db: firestore.Client) -> None:
+        """Without an update time it creates, and fails if the document exists; with one it
+        replaces every field (a field the data lacks is gone) if the document still has it,
+        and fails if it changed since."""
+        ref = db.collection("c").document("d")
+        self._commit(db, lambda tx: buffer_replacement(tx, ref, {"a": 1, "b": 2}))
+        with pytest.raises(gexc.AlreadyExists):
+            self._commit(db, lambda tx: buffer_replacement(tx, ref, {"a": 0}))
+        read = ref.get()
+        self._commit(
+            db, lambda tx: buffer_replacement(tx, ref, {"a": 3}, update_time=read.update_time)
+        )
+        assert ref.get().to_dict() == {"a": 3}
+        with pytest.raises(gexc.FailedPrecondition):
+            self._commit(
+                db, lambda tx: buffer_replacement(tx, ref, {"a": 4}, update_time=read.update_time)
+            )
+        assert ref.get().to_dict() == {"a": 3}
+
+    def test_a_transform_is_left_to_the_client(self, db: firestore.Client) -> None:
+        """Data holding a transform is written by the client library, with the condition."""
+        ref = db.collection("c").document("t")
+        data = {"n": firestore.Increment(2), "at": firestore.SERVER_TIMESTAMP, "x": {"y": 1}}
+        self._commit(db, lambda tx: buffer_replacement(tx, ref, data))
+        stored = ref.get()
+        assert stored.get("n") == 2
+        assert stored.get("x") == {"y": 1}
+        assert isinstance(stored.get("at"), datetime)
+        with pytest.raises(gexc.AlreadyExists):
+            self._commit(db, lambda tx: buffer_replacement(tx, ref, data))
+        self._commit(
+            db, lambda tx: buffer_replacement(tx, ref, data, update_time=stored.update_time)
+        )
+        assert ref.get().get("n") == 2  # replaced, not incremented on top
+
+    def test_create_document_creates_once(self, db: firestore.Client) -> None:
+        """`create_document` is `create()`: the document's update time, then AlreadyExists."""
+        ref = db.collection("c").document("created")
+        update_time = create_document(ref, _DATA)
+        stored = ref.get()
+        assert stored.update_time == update_time
+        assert stored.to_dict() == {**_DATA, "tuple": [1, 2], "when": _DATA["when"]}
+        with pytest.raises(gexc.AlreadyExists):
+            create_document(ref, {"a": 1})
