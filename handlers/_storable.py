@@ -63,24 +63,25 @@ def storable_document(document: Mapping[str, Any]) -> dict[str, Any]:
     """`document` (with the Stripe object under `object`) adapted to Firestore's limits."""
     adapted: list[str] = []
     stored: dict[str, Any] = _storable(document, depth=0, path="", adapted=adapted)
-    obj = stored.get("object")
-    if isinstance(obj, dict) and _too_large(stored):
-        omitted = []
-        for key in sorted(obj, key=lambda key: _cost(obj[key]), reverse=True):
-            if not _too_large(stored):
-                break
-            omitted.append(key)
-            stored["object"] = {key: value for key, value in obj.items() if key not in omitted}
-        stored["object_omitted"] = sorted(omitted)
-    if _too_large(stored):
-        fields_omitted = []
-        for key in sorted(stored, key=lambda key: _cost(stored[key]), reverse=True):
-            if not _too_large(stored):
-                break
-            if key not in _BOOKKEEPING and stored[key] is not None:
-                stored[key] = None
-                fields_omitted.append(key)
-        stored["fields_omitted"] = sorted(fields_omitted)
+    if _too_large(stored):  # one check for nearly every Stripe object, which fits
+        obj = stored.get("object")
+        if isinstance(obj, dict):
+            omitted = []
+            for key in sorted(obj, key=lambda key: _cost(obj[key]), reverse=True):
+                if not _too_large(stored):
+                    break
+                omitted.append(key)
+                stored["object"] = {k: value for k, value in obj.items() if k not in omitted}
+            stored["object_omitted"] = sorted(omitted)
+        if _too_large(stored):
+            fields_omitted = []
+            for key in sorted(stored, key=lambda key: _cost(stored[key]), reverse=True):
+                if not _too_large(stored):
+                    break
+                if key not in _BOOKKEEPING and stored[key] is not None:
+                    stored[key] = None
+                    fields_omitted.append(key)
+            stored["fields_omitted"] = sorted(fields_omitted)
     if adapted:
         stored["object_adapted"] = sorted(set(adapted))[:_MAX_ADAPTED_NAMED]
     return stored
@@ -113,6 +114,14 @@ def _storable(value: Any, depth: int, path: str, adapted: list[str], in_array: b
 
 
 def _too_large(document: Mapping[str, Any]) -> bool:
+    # Firestore counts at most 8 bytes for each byte of a value's JSON text (a number is 8
+    # bytes, its text at least 1) and at most 3 index entries for each character (a value
+    # is at least one): a document whose JSON text is short enough needs no walk.
+    text = json.dumps(document, ensure_ascii=False, default=str)
+    if 8 * len(text.encode(errors="surrogatepass")) <= MAX_DOCUMENT_BYTES and (
+        3 * len(text) <= MAX_INDEX_ENTRIES
+    ):
+        return False
     return (
         firestore_size(document) > MAX_DOCUMENT_BYTES or index_entries(document) > MAX_INDEX_ENTRIES
     )

@@ -11,7 +11,14 @@ import pytest
 
 import handlers
 from handlers._projection import Projection, counters, has_projectable_id, lifecycle
-from handlers._storable import MAX_DOCUMENT_BYTES, firestore_size, storable_document
+from handlers._storable import (
+    MAX_DOCUMENT_BYTES,
+    MAX_INDEX_ENTRIES,
+    _too_large,
+    firestore_size,
+    index_entries,
+    storable_document,
+)
 from handlers.catalog import PRICES, price_fields
 from handlers.customers import CUSTOMERS
 from handlers.invoices import INVOICES, invoice_fields
@@ -218,6 +225,27 @@ class TestStorable:
         stored = storable_document({"status": "x", "object": obj})
         assert stored["object"] == {"id": "cus_1", "status": "x", "small": "y"}
         assert stored["object_omitted"] == ["blob"]
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            [0] * 4_400,  # the JSON text's shortest per value: 3 index entries a character
+            [0] * 13_400,  # past the entries' bound of the text: counted, and too many
+            {str(n): 0 for n in range(9_000)},
+            "é" * 60_000,  # 2 bytes a character
+            [1.5] * 30_000,
+            "x" * (MAX_DOCUMENT_BYTES // 8 - 20),
+        ],
+    )
+    def test_the_quick_bound_never_says_a_document_fits_when_it_does_not(self, value: Any) -> None:
+        """Whether a document is too large is first bounded from its JSON text; the answer
+        is always the exact count's."""
+        document = {"object": {"v": value}}
+        exact = (
+            firestore_size(document) > MAX_DOCUMENT_BYTES
+            or index_entries(document) > MAX_INDEX_ENTRIES
+        )
+        assert _too_large(document) is exact
 
 
 class TestApplicability:
