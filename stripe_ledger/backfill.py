@@ -37,7 +37,7 @@ from stripe_ledger.context import (
 )
 from stripe_ledger.errors import LedgerUnavailable, StripeUnavailable
 from stripe_ledger.fetch import StripeFetcher
-from stripe_ledger.firestore_client import translated
+from stripe_ledger.firestore_client import run_transaction, translated
 from stripe_ledger.ledger import Clock, Snapshot
 from stripe_ledger.outbox import Outbox, TaskBatch, run_enqueued
 from stripe_ledger.verify import VerifiedEvent
@@ -71,6 +71,8 @@ PROGRESS_COLLECTION = "stripe_backfill"
 
 PAGE_SIZE = 100
 """Stripe's largest page."""
+
+_TRANSACTION_ATTEMPTS = 5  # the client library's default for a transaction
 
 BACKFILL_EVENT_ID = "backfill"
 """`last_event_id` of a document the backfill wrote."""
@@ -330,10 +332,7 @@ def _write_page(
 
     def commit() -> tuple[int, TaskBatch | None]:
         with translated("write a backfilled page"):
-            committed: tuple[int, TaskBatch | None] = firestore.transactional(apply)(
-                run.db.transaction()
-            )
-        return committed
+            return run_transaction(run.db, apply, max_attempts=_TRANSACTION_ATTEMPTS)
 
     try:  # a live event's commit changed an edited document: read the page again
         count, tasks = settling_conflicts(

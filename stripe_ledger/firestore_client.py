@@ -15,8 +15,8 @@ Every Firestore call of the ledger, the outbox and the handlers' reads goes thro
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import google.auth.exceptions
 from google.api_core import exceptions as gexc
@@ -37,6 +37,7 @@ __all__ = [
     "create_document",
     "is_unavailable",
     "read_through",
+    "run_transaction",
     "translated",
     "write_count",
 ]
@@ -156,9 +157,56 @@ def read_through(
     tx._write_pbs = []
     try:
         with translated("read in a transaction"):
+            if not tx.in_progress:  # the first read begins it (`run_transaction`)
+                tx._begin()
             return list(tx.get_all(refs))
     finally:
         tx._write_pbs = buffered + tx._write_pbs
+
+
+R = TypeVar("R")
+
+
+def run_transaction(
+    db: firestore.Client, work: Callable[[firestore.Transaction], R], *, max_attempts: int
+) -> R:
+    """Run `work(tx)` and commit what it buffered in `tx`, atomically; return its result.
+
+    The transaction begins only when `work` first reads through it (`read_through`, which
+    every read of the ledger, the outbox and the handlers' `ctx.get` uses). A unit of work
+    that reads nothing through it (its documents read without a lock and written with
+    preconditions, as projections are) is committed as one atomic batch: no
+    BeginTransaction, one round trip less. A transaction that began and whose commit is
+    aborted (contention on what it read) is run again, up to `max_attempts` runs, then the
+    `Aborted` is raised. When `work` or the commit raises, a begun transaction is rolled
+    back and the error raised.
+    """
+    for run in range(1, max_attempts + 1):
+        tx = db.transaction()
+        try:
+            result = work(tx)
+            if tx.in_progress:
+                tx._commit()
+            elif tx._write_pbs:
+                batch = db.batch()
+                batch._add_write_pbs(tx._write_pbs)
+                batch.commit()
+            return result
+        except gexc.Aborted:
+            began = tx.in_progress
+            _roll_back(tx)
+            if not began or run == max_attempts:
+                raise
+        except BaseException:
+            _roll_back(tx)
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _roll_back(tx: firestore.Transaction) -> None:
+    if tx.in_progress:
+        with contextlib.suppress(Exception):  # the error that got here is the one to raise
+            tx._rollback()
 
 
 _WRITE = write_types.Write.pb()

@@ -23,7 +23,7 @@ from stripe_ledger.context import (
     settling_conflicts,
 )
 from stripe_ledger.errors import LedgerUnavailable
-from stripe_ledger.firestore_client import is_unavailable, translated
+from stripe_ledger.firestore_client import is_unavailable, run_transaction, translated
 from stripe_ledger.ledger import Claim, EventLedger
 from stripe_ledger.outbox import Outbox, TaskBatch, run_enqueued
 from stripe_ledger.outcomes import Delivery, Outcome
@@ -145,10 +145,7 @@ def _run_transaction(
         return tasks
 
     with translated("the event's transaction"):
-        committed: TaskBatch = firestore.transactional(apply)(
-            db.transaction(max_attempts=_TRANSACTION_ATTEMPTS)
-        )
-    return committed
+        return run_transaction(db, apply, max_attempts=_TRANSACTION_ATTEMPTS)
 
 
 def _after_failure(

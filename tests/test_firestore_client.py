@@ -17,12 +17,18 @@ from google.cloud import firestore
 
 from stripe_ledger.config import Settings
 from stripe_ledger.errors import LedgerUnavailable
-from stripe_ledger.firestore_client import bound_rpc_time, buffer_replacement, create_document
+from stripe_ledger.firestore_client import (
+    bound_rpc_time,
+    buffer_replacement,
+    create_document,
+    read_through,
+    run_transaction,
+)
 from stripe_ledger.ledger import EventLedger
 from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import HandlerRegistry
 from stripe_ledger.verify import parse_event
-from tests.support import SECRET, make_event
+from tests.support import SECRET, count_rpcs, make_event
 
 
 def test_unreachable_firestore_is_unavailable_within_the_bound(
@@ -130,3 +136,77 @@ class TestBufferReplacement:
         assert stored.to_dict() == {**_DATA, "tuple": [1, 2], "when": _DATA["when"]}
         with pytest.raises(gexc.AlreadyExists):
             create_document(ref, {"a": 1})
+
+
+@pytest.mark.emulator
+class TestRunTransaction:
+    def test_a_unit_of_work_that_reads_nothing_commits_without_beginning(
+        self, db: firestore.Client
+    ) -> None:
+        """Writes only: one atomic Commit, no BeginTransaction; a failed precondition fails
+        every write of it."""
+        counter = count_rpcs(db)
+        a, b = db.collection("c").document("a"), db.collection("c").document("b")
+
+        def write(tx: firestore.Transaction) -> str:
+            buffer_replacement(tx, a, {"n": 1})
+            tx.set(b, {"n": 1})
+            return "done"
+
+        assert run_transaction(db, write, max_attempts=3) == "done"
+        assert dict(counter.calls) == {"Commit": 1}
+
+        def write_again(tx: firestore.Transaction) -> None:
+            tx.set(b, {"n": 2})
+            buffer_replacement(tx, a, {"n": 2})
+
+        with pytest.raises(gexc.AlreadyExists):  # a exists: b is not written either
+            run_transaction(db, write_again, max_attempts=3)
+        assert b.get().get("n") == 1
+
+    def test_a_read_begins_it_and_a_failure_rolls_it_back(self, db: firestore.Client) -> None:
+        """A read through it begins the transaction, which then commits; when the work
+        raises after reading, the transaction is rolled back and nothing is written."""
+        counter = count_rpcs(db)
+        ref = db.collection("c").document("r")
+
+        def read_then_write(tx: firestore.Transaction) -> None:
+            (snapshot,) = read_through(tx, [ref])
+            tx.set(ref, {"n": (snapshot.get("n") if snapshot.exists else 0) + 1})
+
+        run_transaction(db, read_then_write, max_attempts=3)
+        assert dict(counter.calls) == {"BeginTransaction": 1, "BatchGetDocuments": 1, "Commit": 1}
+
+        def read_then_fail(tx: firestore.Transaction) -> None:
+            read_then_write(tx)
+            raise RuntimeError("handler fault")
+
+        counter.reset()
+        with pytest.raises(RuntimeError):
+            run_transaction(db, read_then_fail, max_attempts=3)
+        assert counter.calls["Rollback"] == 1
+        assert ref.get().get("n") == 1
+
+    def test_an_aborted_transaction_runs_again(self, db: firestore.Client) -> None:
+        """Aborted after it began: run again, up to `max_attempts` runs, then raised."""
+        ref = db.collection("c").document("aborted")
+        runs: list[int] = []
+
+        def aborted_once(tx: firestore.Transaction) -> int:
+            read_through(tx, [ref])
+            runs.append(1)
+            if len(runs) == 1:
+                raise gexc.Aborted("contention")
+            return len(runs)
+
+        assert run_transaction(db, aborted_once, max_attempts=3) == 2
+
+        def always_aborted(tx: firestore.Transaction) -> None:
+            read_through(tx, [ref])
+            runs.append(1)
+            raise gexc.Aborted("contention")
+
+        runs.clear()
+        with pytest.raises(gexc.Aborted):
+            run_transaction(db, always_aborted, max_attempts=3)
+        assert len(runs) == 3
