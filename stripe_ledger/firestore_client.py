@@ -10,6 +10,10 @@ long after Firestore is back; the channel here retries every two seconds at most
 Every Firestore call of the ledger, the outbox and the handlers' reads goes through
 `translated`, which turns the errors that say "Firestore is not available right now" into
 `LedgerUnavailable`, so that no caller has to remember which ones they are.
+
+Two costs of the library are avoided here too: `run_transaction` begins a transaction only
+when something reads through it, and `buffer_replacement` encodes a written document straight
+into its protobuf (docs/scaling.md, "Where the CPU goes").
 """
 
 from __future__ import annotations
