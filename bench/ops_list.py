@@ -89,7 +89,7 @@ def seed(db: firestore.Client, count: int, now: datetime) -> dict[str, Any]:
             "updated_at": received,
             "completed_at": None if failed else received,
             "lease_expires_at": None,
-            "last_error": "RuntimeError: boom (in app.handler)" if failed else None,
+            "last_error": "RuntimeError: boom" if failed else None,
             "livemode": False,
             "api_version": "2024-06-20",
             "created": received,
