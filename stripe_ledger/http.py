@@ -217,24 +217,15 @@ def _describe(delivery: Delivery, headers: dict[str, str]) -> tuple[dict[str, An
             {"error": "a handler failed; the event is recorded as failed", "event_id": event_id},
             f"event {event_id} failed on attempt {delivery.attempt}: {delivery.error}",
         )
-    if outcome is Outcome.IN_FLIGHT:
+    if outcome in (Outcome.IN_FLIGHT, Outcome.CONTENDED):  # nothing wrong: Stripe retries
         headers["Retry-After"] = str(delivery.retry_after or 1)
-        return (
-            {
-                "error": "another delivery is processing this event; retry later",
-                "event_id": event_id,
-            },
-            f"event {event_id} is being processed by another delivery",
-        )
-    if outcome is Outcome.CONTENDED:
-        headers["Retry-After"] = str(delivery.retry_after or 1)
-        return (
-            {
-                "error": "other events kept changing what this event changes; retry later",
-                "event_id": event_id,
-            },
-            f"event {event_id} not applied: {delivery.error}",
-        )
+        if outcome is Outcome.IN_FLIGHT:
+            why = "another delivery is processing this event"
+            message = f"event {event_id} is being processed by another delivery"
+        else:
+            why = "other events kept changing what this event changes"
+            message = f"event {event_id} not applied: {delivery.error}"
+        return {"error": f"{why}; retry later", "event_id": event_id}, message
     if outcome is Outcome.DEAD:
         return (
             {"status": outcome.value, "event_id": event_id},
