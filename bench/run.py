@@ -11,7 +11,7 @@ Phases, in order (all HTTP goes to functions-framework on gunicorn, as in produc
 4. throughput at fixed concurrency, raw transactions and ours alternately, while the
    server's memory is sampled;
 5. contention: events delivered several times at the same instant; then distinct events
-   about one object at the same instant (their transactions contend for its document).
+   about one object at the same instant (their commits race for its document).
 
 `main` prints the table and writes the JSON and the PNG (`bench._report`).
 

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from stripe_ledger.verify import VerifiedEvent
 
 __all__ = [
-    "EditConflict",
     "Edits",
     "HandlerContext",
     "NotDeclared",
@@ -75,16 +74,11 @@ class SettleFromApi(Exception):
         self.stored_event_id = stored_event_id
 
 
-class EditConflict(Exception):
-    """A document edited in a transaction changed after it was read: the transaction did
-    not commit, and is run again from the start (`is_edit_conflict`)."""
-
-
 def is_edit_conflict(error: BaseException) -> bool:
     """Whether a commit failed because an edited document's precondition failed (it changed,
     or was created, since it was read). The ledger's own writes have preconditions too: a
     caller holding claims must check them before it calls a failure an edit conflict."""
-    return isinstance(error, (EditConflict, gexc.FailedPrecondition, gexc.AlreadyExists))
+    return isinstance(error, (gexc.FailedPrecondition, gexc.AlreadyExists))
 
 
 def settling_conflicts(
