@@ -5,7 +5,8 @@ DESC)`, `(type, received_at DESC)` and `(status, type, received_at DESC)`, or th
 single-field index on `received_at`: equality on `status` and/or `type`, a range on
 `received_at` only, newest first. Pages are read with cursors (`start_after` the last
 document read), so a page costs the same at the end of a ledger of 100,000 events as at its
-start, and only the fields a listing shows are fetched, never the stored payloads.
+start, and only the fields a listing shows are fetched, never the stored payloads. `stats`
+counts with aggregation queries on the same indexes instead of reading the window.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.cloud import firestore
+from google.cloud.firestore_v1.aggregation import AggregationQuery
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from stripe_ledger.ledger import EventLedger, Snapshot, Status, utc_now
@@ -25,6 +28,8 @@ from stripe_ledger.operation_errors import UsageError
 
 __all__ = [
     "LIST_FIELDS",
+    "READ_AT_MOST",
+    "READ_WINDOW_AT_MOST",
     "UNFINISHED",
     "Page",
     "Progress",
@@ -133,7 +138,8 @@ def list_events(
     """Up to `limit` records, newest first, starting after the event ID `after`."""
     cursor = None
     if after is not None:
-        cursor = ledger.ref(after).get()
+        # The cursor needs only the ordered field: never fetch its payload.
+        cursor = ledger.ref(after).get(field_paths=["received_at"])
         if not cursor.exists:
             raise UsageError(f"--after {after}: no such event in the ledger")
     query = event_query(ledger, status=status, event_type=event_type, since=since)
@@ -177,32 +183,175 @@ class Stats:
         decided = failures + self.by_status[Status.COMPLETED]
         return round(failures / decided, 4) if decided else None
 
-    def add(self, snapshot: Snapshot) -> None:
-        record = snapshot.to_dict() or {}
-        status, event_type = str(record.get("status")), str(record.get("type"))
+    def tally(self, snapshot: Snapshot) -> None:
+        """Count one record read (its `type`, `status` and `received_at`)."""
+        status = str((snapshot.to_dict() or {}).get("status"))
         self.total += 1
         self.by_status[status] += 1
-        self.by_type.setdefault(event_type, Counter())[status] += 1
+        self.add_count(_type_of(snapshot), status, 1)
+        if status in UNFINISHED:
+            self.consider_oldest(snapshot)
+
+    def add_count(self, event_type: str, status: str, count: int) -> None:
+        if count:
+            self.by_type.setdefault(event_type, Counter())[status] += count
+
+    def consider_oldest(self, snapshot: Snapshot) -> None:
+        """Keep `snapshot` if it is the oldest unfinished record so far (ties: lowest ID, the
+        one a newest-first scan reaches last)."""
+        record = snapshot.to_dict() or {}
         received = record.get("received_at")
-        if status in UNFINISHED and received is not None:
-            oldest = self.oldest_unfinished
-            if oldest is None or received <= oldest["received_at"]:
-                self.oldest_unfinished = {
-                    "id": snapshot.id,
-                    "type": event_type,
-                    "status": status,
-                    "received_at": received,
-                }
+        oldest = self.oldest_unfinished
+        if received is None or (
+            oldest is not None and (received, snapshot.id) >= (oldest["received_at"], oldest["id"])
+        ):
+            return
+        self.oldest_unfinished = {
+            "id": snapshot.id,
+            "type": str(record.get("type")),
+            "status": str(record.get("status")),
+            "received_at": received,
+        }
+
+
+READ_WINDOW_AT_MOST = 5000
+"""A window with at most this many records is read whole (three fields each): one query.
+A larger one is counted with aggregation queries."""
+
+READ_AT_MOST = 1000
+"""In a larger window, a status with at most this many records is read (three fields each);
+one with more is counted per type with aggregation queries."""
+
+_WORKERS = 8
+_STATS_FIELDS = ["type", "status", "received_at"]
 
 
 def stats(
-    ledger: EventLedger, *, since: datetime | None = None, progress: Progress | None = None
+    ledger: EventLedger,
+    *,
+    since: datetime | None = None,
+    progress: Progress | None = None,
+    read_window_at_most: int = READ_WINDOW_AT_MOST,
+    read_at_most: int = READ_AT_MOST,
 ) -> Stats:
-    """Count the records received since `since` (all of them if None) in one projected scan."""
+    """Count the records received since `since` (all of them if None), all in one read-only
+    transaction so that the counts add up.
+
+    1. The newest `read_window_at_most` + 1 records of the window are read with a
+       projection. If that is the whole window, they are counted: done.
+    2. Otherwise aggregation queries count: one count per status.
+    3. A status with at most `read_at_most` records (failed, dead, ignored, in flight, as a
+       rule) is read with a projection: its counts by type and its oldest record come with it.
+    4. A larger status is counted per type. The types are those seen so far (step 1 read a
+       sample of the window); when their counts do not add up to the status's count, the
+       ledger's distinct types are listed (one single-document query per type) and the rest
+       counted. Records without a type count as type "None", as a scan reports them.
+    5. The oldest record of a large unfinished status is the last of its newest-first query,
+       skipped to with an offset.
+    """
     result = Stats(since)
-    query = event_query(ledger, since=since).select(["type", "status", "received_at"])
-    for snapshot in scan(query, page_size=1000):
-        result.add(snapshot)
-        if progress is not None:
-            progress(1)
-    return result
+
+    def window(status: str | None = None, event_type: str | None = None) -> firestore.Query:
+        return event_query(ledger, status=status, event_type=event_type, since=since)
+
+    @firestore.transactional
+    def read(transaction: firestore.Transaction) -> Stats:
+        def count(query: firestore.Query) -> int:
+            # Typed as a flat list of results; it holds one list of results per row.
+            rows: Any = AggregationQuery(query).count().get(transaction=transaction)
+            return int(rows[0][0].value)  # int(): the emulator answers 0.0 for nothing
+
+        def documents(query: firestore.Query) -> list[Snapshot]:
+            return list(query.stream(transaction=transaction))
+
+        sample = documents(window().select(_STATS_FIELDS).limit(read_window_at_most + 1))
+        if len(sample) <= read_window_at_most:
+            for snapshot in sample:
+                result.tally(snapshot)
+            if progress is not None and sample:
+                progress(len(sample))
+            return result
+        with ThreadPoolExecutor(_WORKERS) as pool:
+            statuses = [str(s) for s in Status]
+            for status, counted in zip(
+                statuses, pool.map(lambda s: count(window(s)), statuses), strict=True
+            ):
+                result.by_status[status] = counted
+                result.total += counted
+                if progress is not None and counted:
+                    progress(counted)
+            small = [s for s in statuses if 0 < result.by_status[s] <= read_at_most]
+            large = [s for s in statuses if result.by_status[s] > read_at_most]
+            reads = pool.map(
+                lambda s: documents(window(s).select(_STATS_FIELDS).limit(read_at_most)), small
+            )
+            for status, snapshots in zip(small, reads, strict=True):
+                for snapshot in snapshots:
+                    result.add_count(_type_of(snapshot), status, 1)
+                    if status in UNFINISHED:
+                        result.consider_oldest(snapshot)
+            if not large:
+                return result
+            known = {_type_of(s) for s in sample} | set(result.by_type)
+            known.discard("None")  # a missing type is what the counts leave over, not a value
+            for status in large:
+                _count_by_type(result, status, sorted(known), window, count, pool)
+            unlisted = [s for s in large if _leftover(result, s)]
+            if unlisted:
+                listed = _distinct_types(ledger, documents)
+                more = sorted(set(listed) - known - {"None"})
+                for status in unlisted:
+                    _count_by_type(result, status, more, window, count, pool)
+            for status in large:
+                if (left := _leftover(result, status)) > 0:
+                    result.add_count("None", status, left)
+            oldest = pool.map(
+                lambda s: documents(
+                    window(s).select(_STATS_FIELDS).offset(result.by_status[s] - 1).limit(1)
+                ),
+                [s for s in large if s in UNFINISHED],
+            )
+            for snapshots in oldest:
+                for snapshot in snapshots:
+                    result.consider_oldest(snapshot)
+        return result
+
+    counted: Stats = read(ledger.db.transaction(read_only=True))
+    return counted
+
+
+def _count_by_type(
+    result: Stats,
+    status: str,
+    types: list[str],
+    window: Callable[[str | None, str | None], firestore.Query],
+    count: Callable[[firestore.Query], int],
+    pool: ThreadPoolExecutor,
+) -> None:
+    counts = pool.map(lambda t: count(window(status, t)), types)
+    for event_type, counted in zip(types, counts, strict=True):
+        result.add_count(event_type, status, counted)
+
+
+def _type_of(snapshot: Snapshot) -> str:
+    return str((snapshot.to_dict() or {}).get("type"))  # "None" when missing, as a scan says
+
+
+def _leftover(result: Stats, status: str) -> int:
+    """The status's records in the window not yet attributed to a type."""
+    return result.by_status[status] - sum(c[status] for c in result.by_type.values())
+
+
+def _distinct_types(
+    ledger: EventLedger, documents: Callable[[firestore.Query], list[Snapshot]]
+) -> list[str]:
+    """Every distinct `type` in the ledger, one single-document query each (a skip scan of
+    the automatic single-field index on `type`), whatever the number of records."""
+    query = ledger.collection.order_by("type").select(["type"]).limit(1)
+    types: list[str] = []
+    while True:
+        page = query.start_after({"type": types[-1]}) if types else query
+        found = documents(page)
+        if not found:
+            return [str(t) for t in types]
+        types.append(found[0].get("type"))

@@ -29,7 +29,8 @@ def add_commands(commands: Commands) -> None:
         "count events by status and type",
         "Count the records received in the window by status and by type, the failure rate\n"
         "(failed + dead over completed + failed + dead) and the oldest unfinished event\n"
-        "(processing, failed or dead). One projected scan of the window.",
+        "(processing, failed or dead). A window of over 5,000 records is counted with\n"
+        "aggregation queries instead of being read.",
         "examples:\n  stripe-ledger stats --since 7d\n  stripe-ledger stats --json",
     )
     since_argument(stats, "records received since then (default 1d)", "1d")
