@@ -12,20 +12,28 @@ Every Firestore call of the ledger, the outbox and the handlers' reads goes thro
 `LedgerUnavailable`, so that no caller has to remember which ones they are.
 
 Two costs of the library are avoided here too: `run_transaction` begins a transaction only
-when something reads through it, and `buffer_replacement` encodes a written document straight
-into its protobuf (docs/scaling.md, "Where the CPU goes").
+when something reads through it, and `buffer_replacement` and `buffer_update` encode a written
+document straight into its protobuf (docs/scaling.md, "Where the CPU goes").
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import google.auth.exceptions
+import grpc
 from google.api_core import exceptions as gexc
+from google.api_core.datetime_helpers import DatetimeWithNanoseconds
+from google.api_core.gapic_v1 import routing_header
+from google.cloud import _helpers as cloud_helpers
 from google.cloud import firestore
 from google.cloud.firestore_v1 import _helpers, base_client, transforms
+from google.cloud.firestore_v1.field_path import FieldPath
+from google.cloud.firestore_v1.types import firestore as firestore_types
 from google.cloud.firestore_v1.types import write as write_types
 
 from stripe_ledger.config import Settings
@@ -36,7 +44,9 @@ __all__ = [
     "UNAVAILABLE",
     "bound_rpc_time",
     "buffer_replacement",
+    "buffer_update",
     "buffered_paths",
+    "commit_writes",
     "create_client",
     "create_document",
     "is_unavailable",
@@ -192,9 +202,7 @@ def run_transaction(
             if tx.in_progress:
                 tx._commit()
             elif tx._write_pbs:
-                batch = db.batch()
-                batch._add_write_pbs(tx._write_pbs)
-                batch.commit()
+                commit_writes(db, tx._write_pbs)
             return result
         except gexc.Aborted:
             began = tx.in_progress
@@ -214,6 +222,11 @@ def _roll_back(tx: firestore.Transaction) -> None:
 
 
 _WRITE = write_types.Write.pb()
+# The library functions used here that have no type annotations, typed once.
+_TIMESTAMP: Callable[[datetime.datetime], Any] = cloud_helpers._datetime_to_pb_timestamp
+_FROM_TIMESTAMP: Callable[[Any], datetime.datetime] = DatetimeWithNanoseconds.from_timestamp_pb
+_ROUTING: Callable[[tuple[tuple[str, str], ...]], tuple[str, str]] = routing_header.to_grpc_metadata
+_FROM_GRPC: Callable[[grpc.RpcError], gexc.GoogleAPICallError] = gexc.from_grpc_error
 _SENTINELS = (transforms.Sentinel, transforms._ValueList, transforms._NumericValue)
 
 
@@ -222,8 +235,65 @@ def create_document(ref: firestore.DocumentReference, data: Mapping[str, Any]) -
     of the document created. Raises `AlreadyExists` when it exists."""
     batch = ref._client.batch()
     buffer_replacement(batch, ref, data)
-    (result,) = batch.commit()
-    return result.update_time
+    (result,) = commit_writes(ref._client, batch._write_pbs)
+    return _FROM_TIMESTAMP(result.update_time)
+
+
+def commit_writes(client: firestore.Client, writes: list[Any]) -> list[Any]:
+    """Commit `writes` (what a batch or transaction buffered) atomically, outside any
+    transaction; their WriteResult protobufs.
+
+    The same Commit RPC as `WriteBatch.commit`, over the client's own channel, with the
+    client's retry and time bound (`bound_rpc_time`) and errors raised as the library's
+    (`AlreadyExists`, `FailedPrecondition`, ...), but without the library's request and
+    response conversions to proto-plus, which cost more CPU than the call itself.
+    """
+    call = _commit_call(client)
+    # The library buffers its own writes as proto-plus messages, these as protobufs.
+    raw = [getattr(write, "_pb", write) for write in writes]
+    request = _COMMIT_REQUEST(database=client._database_string, writes=raw)
+    response = call(request)
+    return list(response.write_results)
+
+
+_COMMIT_REQUEST = firestore_types.CommitRequest.pb()
+_COMMIT_RESPONSE = firestore_types.CommitResponse.pb()
+
+
+def _commit_call(client: firestore.Client) -> Callable[[Any], Any]:
+    """The Commit call of `client`'s current transport (tests swap it), built once."""
+    transport = client._firestore_api._transport
+    cached = client.__dict__.get("_stripe_ledger_commit")
+    if cached is not None and cached[0] is transport:
+        return cast("Callable[[Any], Any]", cached[1])
+    wrapped = transport._wrapped_methods[transport.commit]
+    stub = transport.grpc_channel.unary_unary(
+        "/google.firestore.v1.Firestore/Commit",
+        request_serializer=_COMMIT_REQUEST.SerializeToString,
+        response_deserializer=_COMMIT_RESPONSE.FromString,
+    )
+    metadata = (
+        *client._rpc_metadata,
+        *wrapped._default_metadata,
+        _ROUTING((("database", client._database_string),)),
+    )
+    seconds, retry = wrapped._timeout, wrapped._retry
+
+    def call(request: Any) -> Any:
+        deadline = None if seconds is None else time.monotonic() + seconds
+
+        def attempt() -> Any:
+            # Each attempt gets what is left of the call's time, as the library's do.
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.01)
+            try:
+                return stub(request, timeout=left, metadata=metadata)
+            except grpc.RpcError as error:
+                raise _FROM_GRPC(error) from error
+
+        return retry(attempt)() if retry is not None else attempt()
+
+    client.__dict__["_stripe_ledger_commit"] = (transport, call)
+    return call
 
 
 def buffer_replacement(
@@ -260,6 +330,31 @@ def buffer_replacement(
     tx._add_write_pbs(writes)
 
 
+def buffer_update(
+    tx: firestore.Transaction | firestore.WriteBatch,
+    ref: firestore.DocumentReference,
+    fields: Mapping[str, Any],
+    *,
+    update_time: Any,
+) -> None:
+    """Buffer in `tx` a write that sets `fields` of `ref` (each key one field name, not a
+    dotted path) and leaves its other fields as they are, on condition that the document
+    still has `update_time` (a snapshot's or a write's). Encoded as `buffer_replacement`
+    encodes; data holding a transform is left to the library's `update`."""
+    write = _WRITE()
+    write.update.name = ref._document_path
+    try:
+        for key, value in fields.items():
+            _encode(write.update.fields[key], value)
+    except _NeedsTheClient:
+        paths = {FieldPath(key).to_api_repr(): value for key, value in fields.items()}
+        tx.update(ref, paths, option=ref._client.write_option(last_update_time=update_time))
+        return
+    write.update_mask.field_paths.extend(sorted(FieldPath(key).to_api_repr() for key in fields))
+    write.current_document.update_time.CopyFrom(update_time.timestamp_pb())
+    tx._add_write_pbs([write])
+
+
 class _NeedsTheClient(Exception):
     """The data holds a transform, which only the client library turns into a write."""
 
@@ -287,6 +382,12 @@ def _encode(target: Any, value: Any) -> None:
         values = target.array_value.values
         for item in value:
             _encode(values.add(), item)
+    elif isinstance(value, str):  # a subclass: a StrEnum is stored as its value
+        target.string_value = value
+    elif isinstance(value, datetime.datetime):
+        # What the library writes for one, without building a proto-plus Value first.
+        stamp = getattr(value, "timestamp_pb", None)
+        target.timestamp_value.CopyFrom(stamp() if stamp else _TIMESTAMP(value))
     elif isinstance(value, _SENTINELS):
         raise _NeedsTheClient
     else:

@@ -25,7 +25,7 @@ from google.cloud import firestore
 
 from stripe_ledger import lease
 from stripe_ledger.config import Settings
-from stripe_ledger.firestore_client import translated
+from stripe_ledger.firestore_client import buffer_update, translated
 from stripe_ledger.outcomes import Outcome
 from stripe_ledger.verify import VerifiedEvent
 
@@ -222,10 +222,8 @@ class EventLedger:
         The write is conditional on the claim, so the whole transaction fails with
         `FailedPrecondition` if another delivery took the event over meanwhile.
         """
-        tx.update(
-            self.ref(claim.event_id),
-            self._completed_fields(),
-            option=self.db.write_option(last_update_time=claim.update_time),
+        buffer_update(
+            tx, self.ref(claim.event_id), self._completed_fields(), update_time=claim.update_time
         )
 
     def complete_without_handlers(self, claim: Claim, note: str) -> Outcome:

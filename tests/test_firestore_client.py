@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import grpc
 import pytest
 from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
@@ -20,15 +21,17 @@ from stripe_ledger.errors import LedgerUnavailable
 from stripe_ledger.firestore_client import (
     bound_rpc_time,
     buffer_replacement,
+    buffer_update,
+    commit_writes,
     create_document,
     read_through,
     run_transaction,
 )
-from stripe_ledger.ledger import EventLedger
+from stripe_ledger.ledger import EventLedger, Status
 from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import HandlerRegistry
 from stripe_ledger.verify import parse_event
-from tests.support import SECRET, count_rpcs, make_event
+from tests.support import SECRET, InjectedRpcError, RpcCounter, count_rpcs, make_event
 
 
 def test_unreachable_firestore_is_unavailable_within_the_bound(
@@ -68,9 +71,15 @@ _DATA: dict[str, Any] = {
     "empty_list": [],
     "nested": {"a": [1, {"b": [None, False, "c"]}, {}], "dotted.key": {"`odd` key": 1}},
     "when": datetime(2026, 12, 2, 6, 0, 0, 123456, tzinfo=UTC),
+    "naive_when": datetime(2026, 12, 2, 6, 0, 0, 654321),  # the library takes it as UTC
+    "before_1970": datetime(1969, 7, 20, 20, 17, 40, 5, tzinfo=UTC),
+    "status": Status.COMPLETED,  # a StrEnum: stored as its value
     "raw": b"\x00\x01",
     "tuple": (1, 2),
 }
+
+# _DATA as it reads back.
+_READ_BACK = {**_DATA, "tuple": [1, 2], "naive_when": _DATA["naive_when"].replace(tzinfo=UTC)}
 
 
 @pytest.mark.emulator
@@ -127,15 +136,74 @@ class TestBufferReplacement:
         )
         assert ref.get().get("n") == 2  # replaced, not incremented on top
 
+    def test_an_update_is_written_as_the_client_writes_it(self, db: firestore.Client) -> None:
+        """`buffer_update` sets the given fields and keeps the others, on condition that the
+        document did not change since; its write equals the library's `update`, and data
+        holding a transform is left to the library."""
+        ref = db.collection("c").document("u")
+        created = create_document(ref, {"keep": 1, "status": "processing"})
+        fields = {**_DATA, "status": Status.COMPLETED}
+        self._commit(db, lambda tx: buffer_update(tx, ref, fields, update_time=created))
+        assert ref.get().to_dict() == {**_READ_BACK, "keep": 1}
+        with pytest.raises(gexc.FailedPrecondition):
+            self._commit(db, lambda tx: buffer_update(tx, ref, {"keep": 2}, update_time=created))
+
+        tx = db.transaction()
+        buffer_update(tx, ref, fields, update_time=created)
+        tx.update(ref, fields, option=db.write_option(last_update_time=created))
+        mine, client = tx._write_pbs
+        assert mine == client._pb
+
+        stored = ref.get()
+        transform = {"n": firestore.Increment(2)}
+        self._commit(
+            db, lambda tx: buffer_update(tx, ref, transform, update_time=stored.update_time)
+        )
+        assert ref.get().get("n") == 2
+        assert ref.get().get("keep") == 1
+
     def test_create_document_creates_once(self, db: firestore.Client) -> None:
         """`create_document` is `create()`: the document's update time, then AlreadyExists."""
         ref = db.collection("c").document("created")
         update_time = create_document(ref, _DATA)
         stored = ref.get()
         assert stored.update_time == update_time
-        assert stored.to_dict() == {**_DATA, "tuple": [1, 2], "when": _DATA["when"]}
+        assert stored.to_dict() == _READ_BACK
         with pytest.raises(gexc.AlreadyExists):
             create_document(ref, {"a": 1})
+
+
+class _UnavailableOnce(RpcCounter):
+    """Answers the first Commit UNAVAILABLE without sending it; counts every call."""
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self._count(details)
+        if self.calls["Commit"] == 1:
+            return InjectedRpcError(grpc.StatusCode.UNAVAILABLE, "injected: unavailable")
+        return continuation(details, request)
+
+
+@pytest.mark.emulator
+class TestCommitWrites:
+    def test_a_transient_error_is_retried_as_the_library_retries_it(
+        self, db: firestore.Client
+    ) -> None:
+        """`commit_writes` keeps the client's retry policy: UNAVAILABLE once, then the
+        Commit goes through, over the client's current channel."""
+        counter = count_rpcs(db, _UnavailableOnce())
+        ref = db.collection("c").document("retried")
+        create_document(ref, {"a": 1})
+        assert dict(counter.calls) == {"Commit": 2}
+        assert ref.get().to_dict() == {"a": 1}
+
+    def test_errors_are_the_librarys(self, db: firestore.Client) -> None:
+        """A refused Commit raises the library's exception for its status code."""
+        ref = db.collection("c").document("refused")
+        create_document(ref, {"a": 1})
+        batch = db.batch()
+        buffer_replacement(batch, ref, {"a": 2})
+        with pytest.raises(gexc.AlreadyExists):
+            commit_writes(db, batch._write_pbs)
 
 
 @pytest.mark.emulator
