@@ -52,6 +52,7 @@ MAX_INDEX_ENTRIES = 40_000
 the terraform exempts `object`, but an unexempted database indexes it)."""
 
 _INT64 = range(-(2**63), 2**63)
+_AS_IS = frozenset({str, float, bool, type(None)})
 _RESERVED_KEY = re.compile(r"^__.*__$", re.DOTALL)
 _MAX_ADAPTED_NAMED = 50
 _BOOKKEEPING = frozenset(
@@ -90,12 +91,18 @@ def storable_document(document: Mapping[str, Any]) -> dict[str, Any]:
 def _storable(value: Any, depth: int, path: str, adapted: list[str], in_array: bool = False) -> Any:
     """`value`, at `depth` in the document, made storable (see the module docstring); each
     path changed is appended to `adapted`."""
-    if isinstance(value, Mapping | list) and (
+    kind = type(value)
+    if kind in _AS_IS:  # most values of a Stripe object: no abstract type checks for them
+        return value
+    if kind is int and -(2**63) <= value < 2**63:
+        return value
+    is_map = kind is dict or isinstance(value, Mapping)
+    if (is_map or isinstance(value, list)) and (
         depth >= MAX_DEPTH or (in_array and isinstance(value, list))
     ):
         adapted.append(path)
         return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, Mapping):
+    if is_map:
         stored = {}
         for key, item in value.items():
             key = str(key)
