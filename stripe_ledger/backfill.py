@@ -37,8 +37,8 @@ from stripe_ledger.context import (
 )
 from stripe_ledger.errors import LedgerUnavailable, StripeUnavailable
 from stripe_ledger.fetch import StripeFetcher
-from stripe_ledger.firestore_client import run_transaction, translated
-from stripe_ledger.ledger import Clock, Snapshot
+from stripe_ledger.firestore_client import Snapshot, run_transaction, translated
+from stripe_ledger.ledger import Clock
 from stripe_ledger.outbox import Outbox, TaskBatch, run_enqueued
 from stripe_ledger.verify import VerifiedEvent
 

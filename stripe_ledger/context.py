@@ -14,12 +14,13 @@ from google.cloud import firestore
 
 from stripe_ledger.config import Settings
 from stripe_ledger.firestore_client import (
+    Snapshot,
     buffer_replacement,
     buffered_paths,
+    get_documents,
     read_through,
     translated,
 )
-from stripe_ledger.ledger import Snapshot
 from stripe_ledger.logs import log
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ class Edits:
 
     def __init__(self) -> None:
         self._read: dict[str, Snapshot] = {}
+        self._stored: dict[str, dict[str, Any]] = {}
         self._documents: dict[str, tuple[firestore.DocumentReference, dict[str, Any]]] = {}
 
     def read(self, db: firestore.Client, refs: list[firestore.DocumentReference]) -> None:
@@ -138,8 +140,9 @@ class Edits:
         missing = list({ref.path: ref for ref in refs if ref.path not in self._read}.values())
         if missing:
             with translated("read documents to edit"):
-                for snapshot in db.get_all(missing):
+                for snapshot in get_documents(db, missing):
                     self._read[snapshot.reference.path] = snapshot
+                    self._stored[snapshot.reference.path] = snapshot.to_dict() or {}
 
     def snapshot(self, ref: firestore.DocumentReference) -> Snapshot | None:
         """`ref` as read, or None when it was not read."""
@@ -152,7 +155,7 @@ class Edits:
             snapshot = self._read.get(ref.path)
             if snapshot is None:
                 raise NotDeclared(f"{ref.path} is edited but no edits= declared it")
-            held = (ref, copy.deepcopy(snapshot.to_dict() or {}))
+            held = (ref, copy.deepcopy(self._stored[ref.path]))
             self._documents[ref.path] = held
         return held[1]
 
@@ -162,8 +165,7 @@ class Edits:
         written = []
         for path, (ref, document) in self._documents.items():
             snapshot = self._read[path]
-            stored = snapshot.to_dict() or {}
-            if document == stored:
+            if document == self._stored[path]:
                 continue
             written.append(ref)
             update_time = snapshot.update_time if snapshot.exists else None

@@ -11,23 +11,25 @@ Every Firestore call of the ledger, the outbox and the handlers' reads goes thro
 `translated`, which turns the errors that say "Firestore is not available right now" into
 `LedgerUnavailable`, so that no caller has to remember which ones they are.
 
-Two costs of the library are avoided here too: `run_transaction` begins a transaction only
-when something reads through it, and `buffer_replacement` and `buffer_update` encode a written
-document straight into its protobuf (docs/scaling.md, "Where the CPU goes").
+Three costs of the library are avoided here too: `run_transaction` begins a transaction only
+when something reads through it, `buffer_replacement` and `buffer_update` encode a written
+document straight into its protobuf, and `commit_writes` sends a Commit without converting it
+to proto-plus and back (docs/scaling.md, "Where the CPU goes").
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import google.auth.exceptions
 import grpc
 from google.api_core import exceptions as gexc
-from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.api_core.gapic_v1 import routing_header
 from google.cloud import _helpers as cloud_helpers
 from google.cloud import firestore
@@ -35,6 +37,7 @@ from google.cloud.firestore_v1 import _helpers, base_client, transforms
 from google.cloud.firestore_v1.field_path import FieldPath
 from google.cloud.firestore_v1.types import firestore as firestore_types
 from google.cloud.firestore_v1.types import write as write_types
+from proto.datetime_helpers import DatetimeWithNanoseconds  # the class the library returns
 
 from stripe_ledger.config import Settings
 from stripe_ledger.errors import LedgerUnavailable
@@ -42,6 +45,7 @@ from stripe_ledger.errors import LedgerUnavailable
 __all__ = [
     "EMULATOR_PROJECT",
     "UNAVAILABLE",
+    "Snapshot",
     "bound_rpc_time",
     "buffer_replacement",
     "buffer_update",
@@ -49,12 +53,16 @@ __all__ = [
     "commit_writes",
     "create_client",
     "create_document",
+    "get_documents",
     "is_unavailable",
     "read_through",
     "run_transaction",
     "translated",
     "write_count",
 ]
+
+Snapshot = firestore.DocumentSnapshot[firestore.DocumentReference]
+"""A document as read."""
 
 EMULATOR_PROJECT = "demo-stripe-ledger"
 """The project used against the emulator when GOOGLE_CLOUD_PROJECT is unset."""
@@ -243,34 +251,93 @@ def commit_writes(client: firestore.Client, writes: list[Any]) -> list[Any]:
     """Commit `writes` (what a batch or transaction buffered) atomically, outside any
     transaction; their WriteResult protobufs.
 
-    The same Commit RPC as `WriteBatch.commit`, over the client's own channel, with the
-    client's retry and time bound (`bound_rpc_time`) and errors raised as the library's
-    (`AlreadyExists`, `FailedPrecondition`, ...), but without the library's request and
-    response conversions to proto-plus, which cost more CPU than the call itself.
+    The same Commit as `WriteBatch.commit` (see `_rpc`), without the library's conversions of
+    the request and response to proto-plus, which cost more CPU than the call itself.
     """
-    call = _commit_call(client)
     # The library buffers its own writes as proto-plus messages, these as protobufs.
     raw = [getattr(write, "_pb", write) for write in writes]
-    request = _COMMIT_REQUEST(database=client._database_string, writes=raw)
-    response = call(request)
+    request = _COMMIT.request(database=client._database_string, writes=raw)
+    response = _rpc(client, _COMMIT)(request)
     return list(response.write_results)
 
 
-_COMMIT_REQUEST = firestore_types.CommitRequest.pb()
-_COMMIT_RESPONSE = firestore_types.CommitResponse.pb()
+def get_documents(
+    client: firestore.Client, refs: Iterable[firestore.DocumentReference]
+) -> list[Snapshot]:
+    """`client.get_all(refs)` outside any transaction: one BatchGetDocuments (see `_rpc`),
+    one snapshot per document in the order Firestore answers, decoded as the library
+    decodes, without its proto-plus conversions."""
+    by_path = {ref._document_path: ref for ref in refs}
+    request = _BATCH_GET.request(database=client._database_string, documents=list(by_path))
+    snapshots = []
+    for response in _rpc(client, _BATCH_GET)(request):
+        read_time = _FROM_TIMESTAMP(response.read_time)
+        if response.WhichOneof("result") == "found":
+            found = response.found
+            snapshot = Snapshot(
+                by_path[found.name],
+                _helpers.decode_dict(found.fields, client),
+                exists=True,
+                read_time=read_time,
+                create_time=_FROM_TIMESTAMP(found.create_time),
+                update_time=_FROM_TIMESTAMP(found.update_time),
+            )
+        else:
+            snapshot = Snapshot(
+                by_path[response.missing],
+                None,
+                exists=False,
+                read_time=read_time,
+                create_time=None,
+                update_time=None,
+            )
+        snapshots.append(snapshot)
+    return snapshots
 
 
-def _commit_call(client: firestore.Client) -> Callable[[Any], Any]:
-    """The Commit call of `client`'s current transport (tests swap it), built once."""
+@dataclass(frozen=True)
+class _Method:
+    """A Firestore RPC called with plain protobufs: its name, request and response types,
+    and whether it answers with a stream."""
+
+    name: str
+    request: Any
+    response: Any
+    streams: bool = False
+
+
+_COMMIT = _Method("commit", firestore_types.CommitRequest.pb(), firestore_types.CommitResponse.pb())
+_BATCH_GET = _Method(
+    "batch_get_documents",
+    firestore_types.BatchGetDocumentsRequest.pb(),
+    firestore_types.BatchGetDocumentsResponse.pb(),
+    streams=True,
+)
+
+
+def _rpc(client: firestore.Client, method: _Method) -> Callable[[Any], Any]:
+    """`method` of `client`'s current transport (tests swap it), built once per transport.
+
+    The call goes over the client's own channel, with the metadata, retry policy and time
+    bound (`bound_rpc_time`) the generated client would use, and raises the library's
+    exceptions (`AlreadyExists`, `FailedPrecondition`, ...). A stream is read whole inside
+    each attempt, so a retry reads it again from the start.
+    """
     transport = client._firestore_api._transport
-    cached = client.__dict__.get("_stripe_ledger_commit")
+    cache = client.__dict__.setdefault("_stripe_ledger_rpcs", {})
+    cached = cache.get(method.name)
     if cached is not None and cached[0] is transport:
         return cast("Callable[[Any], Any]", cached[1])
-    wrapped = transport._wrapped_methods[transport.commit]
-    stub = transport.grpc_channel.unary_unary(
-        "/google.firestore.v1.Firestore/Commit",
-        request_serializer=_COMMIT_REQUEST.SerializeToString,
-        response_deserializer=_COMMIT_RESPONSE.FromString,
+    wrapped = transport._wrapped_methods[getattr(transport, method.name)]
+    rpc_path = "/google.firestore.v1.Firestore/" + _CAMEL.sub(
+        lambda m: m.group(1).upper(), method.name.capitalize()
+    )
+    channel = transport.grpc_channel
+    kind = channel.unary_stream if method.streams else channel.unary_unary
+    stub = kind(
+        rpc_path,
+        request_serializer=method.request.SerializeToString,
+        response_deserializer=method.response.FromString,
     )
     metadata = (
         *client._rpc_metadata,
@@ -286,14 +353,18 @@ def _commit_call(client: firestore.Client) -> Callable[[Any], Any]:
             # Each attempt gets what is left of the call's time, as the library's do.
             left = None if deadline is None else max(deadline - time.monotonic(), 0.01)
             try:
-                return stub(request, timeout=left, metadata=metadata)
+                answer = stub(request, timeout=left, metadata=metadata)
+                return list(answer) if method.streams else answer
             except grpc.RpcError as error:
                 raise _FROM_GRPC(error) from error
 
         return retry(attempt)() if retry is not None else attempt()
 
-    client.__dict__["_stripe_ledger_commit"] = (transport, call)
+    cache[method.name] = (transport, call)
     return call
+
+
+_CAMEL = re.compile(r"_([a-z])")
 
 
 def buffer_replacement(

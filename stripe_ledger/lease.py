@@ -28,7 +28,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from stripe_ledger.errors import LedgerUnavailable
-from stripe_ledger.firestore_client import create_document, translated
+from stripe_ledger.firestore_client import Snapshot, create_document, translated
 
 __all__ = [
     "TOKEN_FIELD",
@@ -42,8 +42,6 @@ __all__ = [
 ]
 
 TOKEN_FIELD = "lease_token"  # noqa: S105 - a field name, not a secret
-
-Snapshot = firestore.DocumentSnapshot[firestore.DocumentReference]
 
 
 class Verdict(enum.Enum):

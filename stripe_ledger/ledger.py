@@ -25,7 +25,7 @@ from google.cloud import firestore
 
 from stripe_ledger import lease
 from stripe_ledger.config import Settings
-from stripe_ledger.firestore_client import buffer_update, translated
+from stripe_ledger.firestore_client import Snapshot, buffer_update, translated
 from stripe_ledger.outcomes import Outcome
 from stripe_ledger.verify import VerifiedEvent
 
@@ -42,8 +42,6 @@ __all__ = [
 ]
 
 Clock = Callable[[], datetime]
-Snapshot = firestore.DocumentSnapshot[firestore.DocumentReference]
-
 _MAX_ERROR_CHARS = 1000
 # Firestore stores at most 1 MiB per document; bigger bodies are kept compressed.
 _MAX_PLAIN_PAYLOAD_BYTES = 900_000

@@ -23,7 +23,8 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.aggregation import AggregationQuery
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from stripe_ledger.ledger import EventLedger, Snapshot, Status, utc_now
+from stripe_ledger.firestore_client import Snapshot
+from stripe_ledger.ledger import EventLedger, Status, utc_now
 from stripe_ledger.operation_errors import UsageError
 
 __all__ = [

@@ -24,6 +24,7 @@ from stripe_ledger.firestore_client import (
     buffer_update,
     commit_writes,
     create_document,
+    get_documents,
     read_through,
     run_transaction,
 )
@@ -204,6 +205,28 @@ class TestCommitWrites:
         buffer_replacement(batch, ref, {"a": 2})
         with pytest.raises(gexc.AlreadyExists):
             commit_writes(db, batch._write_pbs)
+
+
+@pytest.mark.emulator
+class TestGetDocuments:
+    def test_snapshots_are_the_librarys(self, db: firestore.Client) -> None:
+        """One BatchGetDocuments; each snapshot (found or missing) equals `get_all`'s: data,
+        existence and times."""
+        found, missing = db.collection("c").document("found"), db.collection("c").document("no")
+        create_document(found, _DATA)
+        counter = count_rpcs(db)
+        ours = {s.reference.path: s for s in get_documents(db, [found, missing, found])}
+        assert dict(counter.calls) == {"BatchGetDocuments": 1}
+        theirs = {s.reference.path: s for s in db.get_all([found, missing])}
+        assert ours.keys() == theirs.keys()
+        for path, snapshot in ours.items():
+            library = theirs[path]
+            assert snapshot.to_dict() == library.to_dict()
+            assert snapshot.exists == library.exists
+            assert snapshot.update_time == library.update_time
+            assert snapshot.create_time == library.create_time
+            assert type(snapshot.read_time) is type(library.read_time)
+        assert ours[found.path].to_dict() == _READ_BACK
 
 
 @pytest.mark.emulator

@@ -398,18 +398,19 @@ class TestIgnored:
 
 
 class RpcRecorder(RpcCounter):
-    """An `RpcCounter` that also keeps every request, to look inside them."""
+    """An `RpcCounter` that also keeps every request (as the protobuf sent, whether the
+    library or the adapter built it), to look inside them."""
 
     def __init__(self) -> None:
         super().__init__()
         self.requests: list[tuple[str, Any]] = []
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.requests.append((details.method.rsplit("/", 1)[-1], request))
+        self.requests.append((details.method.rsplit("/", 1)[-1], getattr(request, "_pb", request)))
         return super().intercept_unary_unary(continuation, details, request)
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.requests.append((details.method.rsplit("/", 1)[-1], request))
+        self.requests.append((details.method.rsplit("/", 1)[-1], getattr(request, "_pb", request)))
         return super().intercept_unary_stream(continuation, details, request)
 
     def written(self) -> list[str]:
@@ -491,7 +492,7 @@ class TestEditsOnTheWire:
         assert methods == ["Commit", "BatchGetDocuments", "Commit"]
         read, commit = recorder.requests[1][1], recorder.requests[2][1]
         assert not read.transaction
-        assert not read.new_transaction
+        assert not read.HasField("new_transaction")
         assert [name.rsplit("/", 2)[-2:] for name in read.documents] == [
             ["subscriptions", sub_id],
             ["customer_access", "cus_1"],

@@ -18,8 +18,8 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from stripe_ledger import lease, logs
 from stripe_ledger.config import Settings
 from stripe_ledger.errors import LedgerUnavailable
-from stripe_ledger.firestore_client import translated
-from stripe_ledger.ledger import Clock, Snapshot, utc_now
+from stripe_ledger.firestore_client import Snapshot, translated
+from stripe_ledger.ledger import Clock, utc_now
 from stripe_ledger.outbox.batch import TaskBatch
 from stripe_ledger.outbox.tasks import (
     LIST_FIELDS,
