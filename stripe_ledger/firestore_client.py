@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -297,18 +296,22 @@ def get_documents(
 
 @dataclass(frozen=True)
 class _Method:
-    """A Firestore RPC called with plain protobufs: its name, request and response types,
-    and whether it answers with a stream."""
+    """A Firestore RPC called with plain protobufs: its name in the generated transport and
+    on the wire, its request and response types, and whether it answers with a stream."""
 
     name: str
+    wire_name: str
     request: Any
     response: Any
     streams: bool = False
 
 
-_COMMIT = _Method("commit", firestore_types.CommitRequest.pb(), firestore_types.CommitResponse.pb())
+_COMMIT = _Method(
+    "commit", "Commit", firestore_types.CommitRequest.pb(), firestore_types.CommitResponse.pb()
+)
 _BATCH_GET = _Method(
     "batch_get_documents",
+    "BatchGetDocuments",
     firestore_types.BatchGetDocumentsRequest.pb(),
     firestore_types.BatchGetDocumentsResponse.pb(),
     streams=True,
@@ -329,13 +332,10 @@ def _rpc(client: firestore.Client, method: _Method) -> Callable[[Any], Any]:
     if cached is not None and cached[0] is transport:
         return cast("Callable[[Any], Any]", cached[1])
     wrapped = transport._wrapped_methods[getattr(transport, method.name)]
-    rpc_path = "/google.firestore.v1.Firestore/" + _CAMEL.sub(
-        lambda m: m.group(1).upper(), method.name.capitalize()
-    )
     channel = transport.grpc_channel
     kind = channel.unary_stream if method.streams else channel.unary_unary
     stub = kind(
-        rpc_path,
+        f"/google.firestore.v1.Firestore/{method.wire_name}",
         request_serializer=method.request.SerializeToString,
         response_deserializer=method.response.FromString,
     )
@@ -362,9 +362,6 @@ def _rpc(client: firestore.Client, method: _Method) -> Callable[[Any], Any]:
 
     cache[method.name] = (transport, call)
     return call
-
-
-_CAMEL = re.compile(r"_([a-z])")
 
 
 def buffer_replacement(
