@@ -143,20 +143,20 @@ def verify_signature(
     failure = "no signature matches a configured secret"
     for secret in secrets:
         try:
-            # Signature only first: this tells a stale timestamp apart from a wrong secret
-            # without reading stripe's error messages.
-            stripe.WebhookSignature.verify_header(text, header, secret, tolerance=None)
+            stripe.WebhookSignature.verify_header(text, header, secret, tolerance=tolerance)
+            return Signed(text, secret)
         except stripe.SignatureVerificationError as error:
             failure = str(error)
-            continue
         try:
-            stripe.WebhookSignature.verify_header(text, header, secret, tolerance=tolerance)
+            # The signature alone: this tells a stale timestamp apart from a wrong secret
+            # without reading stripe's error messages.
+            stripe.WebhookSignature.verify_header(text, header, secret, tolerance=None)
         except stripe.SignatureVerificationError:
-            raise SignatureError(
-                f"signature timestamp is older than {tolerance} s (replayed or delayed delivery)",
-                reason="stale",
-            ) from None
-        return Signed(text, secret)
+            continue
+        raise SignatureError(
+            f"signature timestamp is older than {tolerance} s (replayed or delayed delivery)",
+            reason="stale",
+        )
     raise SignatureError(f"signature verification failed: {failure}", reason="invalid")
 
 
