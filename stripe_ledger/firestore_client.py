@@ -30,7 +30,6 @@ import google.auth.exceptions
 import grpc
 from google.api_core import exceptions as gexc
 from google.api_core.gapic_v1 import routing_header
-from google.cloud import _helpers as cloud_helpers
 from google.cloud import firestore
 from google.cloud.firestore_v1 import _helpers, base_client, transforms
 from google.cloud.firestore_v1.field_path import FieldPath
@@ -229,8 +228,8 @@ def _roll_back(tx: firestore.Transaction) -> None:
 
 
 _WRITE = write_types.Write.pb()
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 # The library functions used here that have no type annotations, typed once.
-_TIMESTAMP: Callable[[datetime.datetime], Any] = cloud_helpers._datetime_to_pb_timestamp
 _FROM_TIMESTAMP: Callable[[Any], datetime.datetime] = DatetimeWithNanoseconds.from_timestamp_pb
 _ROUTING: Callable[[tuple[tuple[str, str], ...]], tuple[str, str]] = routing_header.to_grpc_metadata
 _FROM_GRPC: Callable[[grpc.RpcError], gexc.GoogleAPICallError] = gexc.from_grpc_error
@@ -453,9 +452,15 @@ def _encode(target: Any, value: Any) -> None:
     elif isinstance(value, str):  # a subclass: a StrEnum is stored as its value
         target.string_value = value
     elif isinstance(value, datetime.datetime):
-        # What the library writes for one, without building a proto-plus Value first.
-        stamp = getattr(value, "timestamp_pb", None)
-        target.timestamp_value.CopyFrom(stamp() if stamp else _TIMESTAMP(value))
+        stamp = getattr(value, "timestamp_pb", None)  # one read back: it keeps nanoseconds
+        if stamp is not None:
+            target.timestamp_value.CopyFrom(stamp())
+        else:
+            # What the library writes: a naive time taken as UTC, whole microseconds.
+            aware = value if value.utcoffset() is not None else value.replace(tzinfo=datetime.UTC)
+            delta = aware - _EPOCH
+            target.timestamp_value.seconds = delta.days * 86_400 + delta.seconds
+            target.timestamp_value.nanos = delta.microseconds * 1_000
     elif isinstance(value, _SENTINELS):
         raise _NeedsTheClient
     else:

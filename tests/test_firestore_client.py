@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import grpc
@@ -74,6 +74,7 @@ _DATA: dict[str, Any] = {
     "when": datetime(2026, 12, 2, 6, 0, 0, 123456, tzinfo=UTC),
     "naive_when": datetime(2026, 12, 2, 6, 0, 0, 654321),  # the library takes it as UTC
     "before_1970": datetime(1969, 7, 20, 20, 17, 40, 5, tzinfo=UTC),
+    "in_paris": datetime(2026, 12, 2, 7, 0, 0, 1, tzinfo=timezone(timedelta(hours=1))),
     "status": Status.COMPLETED,  # a StrEnum: stored as its value
     "raw": b"\x00\x01",
     "tuple": (1, 2),
