@@ -203,6 +203,39 @@ def count_rpcs(db: firestore.Client, counter: RpcCounter | None = None) -> RpcCo
     return counter
 
 
+class RpcRecorder(RpcCounter):
+    """An `RpcCounter` that also keeps every request (as the protobuf sent, whether the
+    library or the adapter built it), to look inside them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[tuple[str, Any]] = []
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.requests.append((details.method.rsplit("/", 1)[-1], getattr(request, "_pb", request)))
+        return super().intercept_unary_unary(continuation, details, request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.requests.append((details.method.rsplit("/", 1)[-1], getattr(request, "_pb", request)))
+        return super().intercept_unary_stream(continuation, details, request)
+
+    def written(self) -> list[str]:
+        """The paths of the documents every Commit wrote, in order."""
+        return [
+            write.update.name.split("/documents/", 1)[-1]
+            for method, request in self.requests
+            if method == "Commit"
+            for write in request.writes
+        ]
+
+
+def record_rpcs(db: firestore.Client) -> RpcRecorder:
+    """Like `tests.support.count_rpcs`, keeping the requests too."""
+    recorder = RpcRecorder()
+    count_rpcs(db, recorder)
+    return recorder
+
+
 class FunctionServer:
     """`functions-framework --target=stripe_webhook` (gunicorn) in a subprocess, on a free port."""
 

@@ -26,7 +26,7 @@ from stripe_ledger.outcomes import Delivery, Outcome
 from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import HandlerRegistry, Registration, import_handler_modules
 from stripe_ledger.verify import parse_event
-from tests.support import SECRET, RpcCounter, count_rpcs, ledger_record, make_event
+from tests.support import SECRET, count_rpcs, ledger_record, make_event, record_rpcs
 
 pytestmark = pytest.mark.emulator
 
@@ -395,39 +395,6 @@ class TestIgnored:
         assert record is not None
         assert record["status"] == "ignored"
         assert [c.id for c in db.collections()] == ["stripe_events"]
-
-
-class RpcRecorder(RpcCounter):
-    """An `RpcCounter` that also keeps every request (as the protobuf sent, whether the
-    library or the adapter built it), to look inside them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[tuple[str, Any]] = []
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.requests.append((details.method.rsplit("/", 1)[-1], getattr(request, "_pb", request)))
-        return super().intercept_unary_unary(continuation, details, request)
-
-    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.requests.append((details.method.rsplit("/", 1)[-1], getattr(request, "_pb", request)))
-        return super().intercept_unary_stream(continuation, details, request)
-
-    def written(self) -> list[str]:
-        """The paths of the documents every Commit wrote, in order."""
-        return [
-            write.update.name.split("/documents/", 1)[-1]
-            for method, request in self.requests
-            if method == "Commit"
-            for write in request.writes
-        ]
-
-
-def record_rpcs(db: firestore.Client) -> RpcRecorder:
-    """Like `tests.support.count_rpcs`, keeping the requests too."""
-    recorder = RpcRecorder()
-    count_rpcs(db, recorder)
-    return recorder
 
 
 class TestEfficiency:

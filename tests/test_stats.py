@@ -12,8 +12,9 @@ import pytest
 from google.cloud import firestore
 
 from stripe_ledger.config import Settings
-from stripe_ledger.ledger import EventLedger
+from stripe_ledger.ledger import EventLedger, Status
 from stripe_ledger.operations import UNFINISHED, Stats, event_query, scan, stats
+from tests.support import record_rpcs
 
 pytestmark = pytest.mark.emulator
 
@@ -149,6 +150,23 @@ class TestStatsFromAggregations:
             ledger, since=since, read_window_at_most=read_window_at_most, read_at_most=read_at_most
         )
         assert _document(counted) == _document(_scanned(ledger, since))
+
+    def test_a_large_window_is_counted_not_read(self, ledger: EventLedger) -> None:
+        """A window over `read_window_at_most` records is not read: the counts come from
+        aggregation queries, and no query asks for more documents than its bound (the
+        sample of the window, a small status, or one for a distinct type or the oldest)."""
+        recorder = record_rpcs(ledger.db)
+        counted = stats(ledger, since=SINCE, read_window_at_most=10, read_at_most=4)
+        assert counted.total == 44
+        methods = Counter(method for method, _ in recorder.requests)
+        assert methods["RunAggregationQuery"] >= len(Status)  # one count per status at least
+        limits = [
+            request.structured_query.limit.value
+            for method, request in recorder.requests
+            if method == "RunQuery"
+        ]
+        assert limits
+        assert all(0 < limit <= 11 for limit in limits), limits
 
     def test_an_empty_window(self, ledger: EventLedger) -> None:
         """Nothing received since then: zero counts, no rate, no oldest."""
