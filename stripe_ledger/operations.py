@@ -189,6 +189,11 @@ class Stats:
         status = str((snapshot.to_dict() or {}).get("status"))
         self.total += 1
         self.by_status[status] += 1
+        self.attribute(snapshot, status)
+
+    def attribute(self, snapshot: Snapshot, status: str) -> None:
+        """Count a record read under its type (its `status` is counted already), and keep
+        it if it is the oldest unfinished."""
         self.add_count(_type_of(snapshot), status, 1)
         if status in UNFINISHED:
             self.consider_oldest(snapshot)
@@ -288,9 +293,7 @@ def stats(
             )
             for status, snapshots in zip(small, reads, strict=True):
                 for snapshot in snapshots:
-                    result.add_count(_type_of(snapshot), status, 1)
-                    if status in UNFINISHED:
-                        result.consider_oldest(snapshot)
+                    result.attribute(snapshot, status)
             if not large:
                 return result
             known = {_type_of(s) for s in sample} | set(result.by_type)
