@@ -62,8 +62,11 @@ def table(results: dict[str, Any]) -> str:
         _row("floor (a): bare function", cold["floor_a"], "s"),
         _row("floor (c): bare + stripe + firestore", cold["floor_c"], "s"),
         _row("ours: first delivery of a new instance", cold["ours"], "s"),
+        _row("floor (c) again, in the same rounds", cold["floor_c_again"], "s"),
         f"  ours / floor (c) within each round: {results['cold_start_paired_ratios']} "
         f"(median {results['cold_start_paired_ratio_p50']})",
+        "  floor (c) started again / floor (c), the same rounds (the noise alone): "
+        f"{results['cold_start_control_ratios']}",
         "  of which after gunicorn listened (worker boot + first request), p50: "
         + ", ".join(
             f"{kind} {stats['p50']:.0f} ms"
@@ -145,14 +148,23 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     latency.set_title("Sequential deliveries over HTTP, same run")
     _cdf_axes(latency, "latency seen by the sender (ms, log scale)")
 
-    kinds = {"floor_a": "floor (a)", "floor_c": "floor (c)", "ours": "ours"}
+    kinds = {
+        "floor_a": "floor (a)",
+        "floor_c": "floor (c)",
+        "floor_c_again": "floor (c) again",
+        "ours": "ours",
+    }
     cold_samples = [[ms / 1000 for ms in samples.get(f"cold_{kind}", [])] for kind in kinds]
     cold.boxplot(cold_samples, orientation="horizontal")
     cold.set_yticks(range(1, len(kinds) + 1), list(kinds.values()))
     for row, values in enumerate(cold_samples, start=1):
         cold.scatter(values, [row] * len(values), color="tab:blue", s=12, zorder=3)
     ratios = ", ".join(f"{ratio:.2f}" for ratio in results["cold_start_paired_ratios"])
-    cold.set_title(f"Cold start, spawn to first 200; ours / floor (c) per round: {ratios}")
+    control = ", ".join(f"{ratio:.2f}" for ratio in results["cold_start_control_ratios"])
+    cold.set_title(
+        f"Cold start, spawn to first 200; ours / floor (c) per round: {ratios}\n"
+        f"floor (c) again / floor (c), the noise alone: {control}"
+    )
     cold.set_xlabel("seconds")
     cold.grid(True, alpha=0.3)
 

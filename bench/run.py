@@ -193,11 +193,17 @@ class Benchmark:
     # -- phases --------------------------------------------------------------------------
 
     def cold_starts(self) -> None:
-        """Spawn to first 200, interleaved in a shuffled order each round."""
+        """Spawn to first 200, interleaved in a shuffled order each round.
+
+        Floor (c) is started twice per round: the second start against the first
+        (`cold_start_control_ratios`) is what the machine's noise alone does to a paired
+        ratio, the resolution to read ours / floor (c) with.
+        """
         kinds: dict[str, tuple[Path, str]] = {
             "floor_c": (_IMPORTS, "imports"),
             "floor_a": (_BARE, "bare"),
             "ours": (self.config.source, "stripe_webhook"),
+            "floor_c_again": (_IMPORTS, "imports"),
         }
         _byte_compile([source for source, _ in kinds.values()])
         seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
@@ -226,6 +232,10 @@ class Benchmark:
         self.results["cold_start_paired_ratio_p50"] = (
             round(statistics.median(ratios), 3) if ratios else None
         )
+        self.results["cold_start_control_ratios"] = [
+            round(again / first, 3)
+            for again, first in zip(seconds["floor_c_again"], seconds["floor_c"], strict=True)
+        ]
         # The part of the cold start after gunicorn listens: the worker's boot and the
         # first request (for ours: building the client and the first delivery's RPCs).
         self.results["cold_start_first_request_ms"] = {

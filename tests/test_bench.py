@@ -106,7 +106,9 @@ class TestBenchmarkSmoke:
             assert results["latency_ms"][series]["n"] == 10
         for series in ("duplicate_fresh", "duplicate_old"):
             assert results["latency_ms"][series]["n"] == 9
-        assert set(results["cold_start_s"]) == {"floor_a", "floor_c", "ours"}
+        assert set(results["cold_start_s"]) == {"floor_a", "floor_c", "ours", "floor_c_again"}
+        rounds = results["cold_start_s"]["floor_c"]["n"]
+        assert len(results["cold_start_control_ratios"]) == rounds
         assert {"first_fresh", "duplicate_fresh", "first_old", "duplicate_old"} <= set(
             results["rpcs"]
         )
