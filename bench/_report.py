@@ -85,6 +85,8 @@ def table(results: dict[str, Any]) -> str:
         f"  throughput at concurrency {throughput['concurrency']} (/s): ours "
         f"{throughput['ours_per_s']}, raw transactions {throughput['raw_transactions_per_s']}"
         f" (ratios {throughput['ratios']}), floor (a) {throughput['floor_a_per_s']}",
+        f"    ours with bench.counter events (one small document): "
+        f"{throughput['ours_small_per_s']} (ratios to raw {throughput['small_ratios']})",
         f"    CPU ms per operation: {throughput['cpu_ms_per_operation']}",
         _row("ours under that load", throughput["ours_latency_ms"]),
         f"  contention: {contention['events']} events x {contention['copies']} deliveries at "

@@ -115,6 +115,7 @@ class TestBenchmarkSmoke:
         throughput = results["throughput"]
         assert throughput["ours_median_per_s"] > 0
         assert throughput["raw_median_per_s"] > 0
+        assert min(throughput["ours_small_per_s"]) > 0
         assert "server" in throughput["cpu_ms_per_operation"]["ours"]
         assert results["memory_mib"]["peak_rss_sampled"] > 0
         assert results["hot_object"]["latency_ms"]["n"] == 3
