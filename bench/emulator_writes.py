@@ -2,7 +2,7 @@
 
 The throughput benchmark finds the emulator's own CPU per delivery above that of a raw
 transaction; on a 2-core machine that runs both the emulator and the function, that CPU is
-what bounds the throughput. This takes one real first delivery of a PaymentIntent event
+part of what bounds the throughput. This takes one real first delivery of a PaymentIntent event
 (`pipeline.process_event`, in this process), reads back the two documents it wrote (the
 ledger record and the projection), and measures the emulator's CPU per operation (from
 /proc) and the operations per second, at concurrency 1 and 16 (`--operations` each, each kind
@@ -14,9 +14,9 @@ in turn, `--rounds` times), for:
 - creating a copy of the projection: as stored (Stripe's object as a nested map under
   `object`), with `object` as JSON text instead, and without `object`.
 
-It prints the median of each. A kind whose rate does not grow with concurrency is
-serialized inside the emulator. The emulator runs here (FIRESTORE_EMULATOR_HOST, or one
-started here) for its CPU to be read.
+It prints the median of each; how much a kind's rate grows from concurrency 1 to 16 tells
+how far the emulator runs such operations side by side. The emulator runs here
+(FIRESTORE_EMULATOR_HOST, or one started here) for its CPU to be read.
 """
 
 from __future__ import annotations
