@@ -190,8 +190,10 @@ class FunctionProcess:
         """CPU time the arbiter and its workers have used so far."""
         return cpu_seconds(self.pids())
 
-    def memory(self) -> dict[str, int]:
-        """Bytes now: `rss` (summed), `pss` (shared pages split), `hwm` (summed peak RSS)."""
+    def memory(self, *, pss: bool = True) -> dict[str, int]:
+        """Bytes now: `rss` (summed), `pss` (shared pages split; 0 unless `pss`, whose
+        reading costs the kernel a walk of the page tables, about 2 ms per process), `hwm`
+        (summed peak RSS)."""
         totals = {"rss": 0, "pss": 0, "hwm": 0}
         for pid in self.pids():
             with contextlib.suppress(OSError):
@@ -200,9 +202,10 @@ class FunctionProcess:
                         totals["rss"] += int(line.split()[1]) * 1024
                     elif line.startswith("VmHWM:"):
                         totals["hwm"] += int(line.split()[1]) * 1024
-                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                    if line.startswith("Pss:"):
-                        totals["pss"] += int(line.split()[1]) * 1024
+                if pss:
+                    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                        if line.startswith("Pss:"):
+                            totals["pss"] += int(line.split()[1]) * 1024
         return totals
 
     def stop(self) -> None:
