@@ -2,16 +2,18 @@
 
 Phases, in order (all HTTP goes to functions-framework on gunicorn, as in production):
 
-1. cold starts, interleaved: floor (c), ours, floor (a), spawn to first 200; every source
-   served is byte-compiled first, as Cloud Functions' Python buildpack compiles the deployed
-   source (`compileall`) and pip the libraries, so no start pays for compiling;
+1. cold starts, interleaved: floor (c), ours, floor (a) and floor (c) again (the noise
+   alone), spawn to first 200; every source served is byte-compiled first, as Cloud
+   Functions' Python buildpack compiles the deployed source (`compileall`) and pip the
+   libraries, so no start pays for compiling;
 2. sequential latency, interleaved round by round so that noise hits every series alike:
    floor (a), floor (b), our first delivery of a fresh and of an hour-old event, and a
    duplicate of each (the previous round's event, already completed);
 3. Firestore RPCs per delivery, counted on the wire inside a second server of ours
    (`bench._counted_main`), and per raw transaction in this process;
-4. throughput at fixed concurrency, raw transactions and ours alternately, while the
-   server's memory is sampled;
+4. throughput at fixed concurrency, raw transactions, ours (PaymentIntent events, then
+   small `bench.counter` events) and floor (a) in turn, while the server's memory is
+   sampled;
 5. contention: events delivered several times at the same instant; then distinct events
    about one object at the same instant (their commits race for its document).
 
