@@ -11,8 +11,11 @@ abandoned claim may be taken over; exactly-once never depends on clocks.
 Each write here carries a fresh `lease_token`. When the answer to a write is lost (the call
 timed out or the connection dropped after Firestore applied it), the document is read back:
 our token there means the write landed, and the caller holds what it wrote; the document
-unchanged means it did not, and nothing is held. So a lost answer never leaves a claim that
-nobody knows it holds, and an attempt that never ran is never counted.
+unchanged means it has not, and the write is sent once more with the same token, since
+Firestore may still apply the first one after the read. So a lost answer never leaves a claim
+that nobody knows it holds, and an attempt that never ran is never counted, unless two writes
+in a row go unanswered and one of them lands late (then its lease is taken over, as after a
+crash).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import enum
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -103,15 +107,16 @@ def create(
     """
     token = uuid.uuid4().hex
     document = {**document, TOKEN_FIELD: token}
-    try:
-        with translated("create"):
-            created = create_document(ref, document)  # pragma: SYNCPOINT ledger
-    except gexc.AlreadyExists:
+    return _write(
+        lambda: create_document(ref, document),
+        ref,
+        token,
+        read_back,
+        before=None,
         # Also what a retry of our own create answers when the first attempt had landed.
-        return _read_back(ref, token, read_back, before=None, answered=True)
-    except LedgerUnavailable:
-        return _read_back(ref, token, read_back, before=None, answered=False)
-    return Written(created)
+        refused=gexc.AlreadyExists,
+        what="create",
+    )
 
 
 def compare_and_set(
@@ -131,14 +136,50 @@ def compare_and_set(
     token = uuid.uuid4().hex
     fields = {**fields, TOKEN_FIELD: token}
     option = db.write_option(last_update_time=update_time)
-    try:
-        with translated("compare-and-set"):
-            result = ref.update(fields, option=option)  # pragma: SYNCPOINT ledger
-    except gexc.FailedPrecondition:
-        return _read_back(ref, token, read_back, before=update_time, answered=True)
-    except LedgerUnavailable:
-        return _read_back(ref, token, read_back, before=update_time, answered=False)
-    return Written(result.update_time)
+    return _write(
+        lambda: ref.update(fields, option=option).update_time,
+        ref,
+        token,
+        read_back,
+        before=update_time,
+        refused=gexc.FailedPrecondition,
+        what="compare-and-set",
+    )
+
+
+def _write(
+    send: Callable[[], datetime],
+    ref: firestore.DocumentReference,
+    token: str,
+    read_back: float,
+    *,
+    before: datetime | None,
+    refused: type[Exception],
+    what: str,
+) -> Written:
+    """Send a write of `ref` carrying `token` (its update time, or raises `refused` when its
+    precondition fails), and learn whether it landed.
+
+    A write left unanswered that the read-back shows did not land is sent once more, the same
+    token and precondition: Firestore may still apply the first one after the read (a
+    freshly started emulator was seen doing it), and whichever of the two lands first, the
+    other is refused by the precondition and the read-back then finds our token. Only a
+    second unanswered write raises: then a late one leaves a lease that a later delivery takes
+    over, as after a crash.
+    """
+    for _ in range(2):
+        answered = True
+        try:
+            with translated(what):
+                return Written(send())  # pragma: SYNCPOINT ledger
+        except refused:
+            pass
+        except LedgerUnavailable:
+            answered = False
+        written = _read_back(ref, token, read_back, before=before, answered=answered)
+        if written is not None:
+            return written
+    raise LedgerUnavailable("Firestore unavailable: a write was not answered and did not land")
 
 
 def _read_back(
@@ -148,15 +189,15 @@ def _read_back(
     *,
     before: datetime | None,
     answered: bool,
-) -> Written:
+) -> Written | None:
     """After a refused or unanswered write carrying `token`: read the document back.
 
     Our token there: the write landed (what was refused was the client's retry of it). Else,
     a refusal (`answered`) means another claimant changed the document; no answer, with the
-    document as it was before (missing, or still at `before`), means the write did not land
-    and Firestore is unavailable; a document changed since is someone else's. The read is
-    bounded by `seconds`, a fraction of a call's bound: when Firestore is cut off it fails
-    too, and a delivery's answer must stay within its documented bound.
+    document as it was before (missing, or still at `before`), means the write has not landed
+    (None); a document changed since is someone else's. The read is bounded by `seconds`, a
+    fraction of a call's bound: when Firestore is cut off it fails too, and a delivery's answer
+    must stay within its documented bound.
     """
     try:
         with translated("read back an unanswered write"):
@@ -169,5 +210,5 @@ def _read_back(
         return Written(snapshot.update_time)
     unchanged = not snapshot.exists if before is None else snapshot.update_time == before
     if not answered and unchanged:
-        raise LedgerUnavailable("Firestore unavailable: a write was not answered and did not land")
+        return None
     return Written(None, snapshot)

@@ -16,8 +16,10 @@ A Commit RPC that writes `document` matches; the first `skip` matches pass, then
 them (all, when null) fail with `code`. With `after_write`, the RPC is sent and its result
 awaited first, so the write is applied and only its answer is lost (a write Firestore refuses,
 such as a `create()` of an existing document, passes its own error through and is not
-counted). Each injected fault is appended to PIPELINE_FAULTS + ".log" as one JSON
-line, so that a test can prove its fault fired.
+counted). With `late`, the caller gets `code` at once and the RPC is held, then sent when the
+process's next read (a BatchGetDocuments) has been answered: a write that Firestore applies
+after the caller has read the document back. Each injected fault is appended to
+PIPELINE_FAULTS + ".log" as one JSON line, so that a test can prove its fault fired.
 """
 
 from __future__ import annotations
@@ -50,13 +52,31 @@ def _documents(method: str, request: Any) -> list[str]:
     return [name.split("/documents/", 1)[-1] for name in names if name]
 
 
-class FaultInjector(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _Answered:
+    """A streaming call's responses, all received already, with the call's own metadata."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._responses = iter(list(call))
+
+    def __iter__(self) -> _Answered:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._responses)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
+class FaultInjector(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
     """Fails the RPCs that the rules in PIPELINE_FAULTS select (see the module)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._matches: Counter[str] = Counter()
         self._fired: Counter[str] = Counter()
+        self._held: list[Any] = []  # the `late` writes, each a call to make
 
     def _rule(self, details: Any, request: Any) -> dict[str, Any] | None:
         try:
@@ -93,7 +113,20 @@ class FaultInjector(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
             if sent.exception() is not None:  # refused by Firestore: its own answer stands
                 return sent
             # The write is applied; only its answer is lost.
+        if rule.get("late"):
+            with self._lock:
+                self._held.append(lambda: continuation(details, request).exception())
         return self._fail(rule, str(details.method))
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        with self._lock:
+            held, self._held = self._held, []
+        if not held:
+            return continuation(details, request)
+        answered = _Answered(continuation(details, request))
+        for send in held:  # after the read, whatever Firestore answers them
+            send()
+        return answered
 
 
 _injector = FaultInjector()
