@@ -213,7 +213,9 @@ def run_transaction(
             if tx.in_progress:
                 tx._commit()
             elif tx._write_pbs:
-                commit_writes(db, tx._write_pbs)
+                written = commit_writes(db, tx._write_pbs)
+                # What the transaction's own commit leaves: each write's result, in order.
+                tx.write_results = [write_types.WriteResult.wrap(pb) for pb in written]
             return result
         except gexc.Aborted:
             began = tx.in_progress

@@ -10,14 +10,24 @@ can never overwrite what the new holder committed. The lease only decides *when*
 abandoned claim may be taken over; exactly-once never depends on clocks. The lease rules and
 the writes that recognise a lost answer are `stripe_ledger.lease`'s, shared with the outbox;
 every Firestore error that means "unavailable" leaves here as `LedgerUnavailable`.
+
+A first delivery whose handlers take no lock (they read nothing through the transaction, as
+projections do) can be claimed *deferred*: nothing is written before its handlers run, and
+its commit creates the record, `completed`, on condition that it does not exist. Concurrent
+duplicates then all run their handlers and one commit wins; the others find the record and
+are judged from it. A failure creates the record too. It saves a write and a round trip per
+event; what it gives up is the lease of the first attempt: a delivery killed before its
+commit leaves no record, and that attempt is never counted (every redelivery older than
+`redelivery_age_seconds` is claimed first, so a crash loop is still dead-lettered).
 """
 
 from __future__ import annotations
 
 import enum
+import uuid
 import zlib
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +35,12 @@ from google.cloud import firestore
 
 from stripe_ledger import lease
 from stripe_ledger.config import Settings
-from stripe_ledger.firestore_client import Snapshot, buffer_update, translated
+from stripe_ledger.firestore_client import (
+    Snapshot,
+    buffer_replacement,
+    buffer_update,
+    translated,
+)
 from stripe_ledger.outcomes import Outcome
 from stripe_ledger.verify import VerifiedEvent
 
@@ -71,11 +86,17 @@ RETRYABLE = frozenset({Status.FAILED})
 
 @dataclass(frozen=True)
 class Claim:
-    """The right to process an event, held until the record's `update_time` changes."""
+    """The right to process an event, held until the record's `update_time` changes.
+
+    A *deferred* claim (`update_time` None) is a first delivery's that nothing was written
+    for yet: it holds while the record does not exist, and `record` is what its completion
+    (or its failure) creates.
+    """
 
     event_id: str
     attempt: int
-    update_time: datetime
+    update_time: datetime | None
+    record: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -109,25 +130,33 @@ class EventLedger:
         handled: bool,
         reclaim: Collection[str] = RETRYABLE,
         note: str | None = None,
+        deferred: bool = False,
+        read_first: bool = False,
     ) -> Claim | Settled:
         """Claim `received` for processing, or say why not.
 
-        A first delivery costs one write (`create`). An event older than
-        `redelivery_age_seconds` is probably a redelivery, so its record is read first: a
-        duplicate of a settled event then costs a single read. An event with no handlers
-        (`handled=False`) is recorded `ignored` instead of claimed. Records whose status is
-        in `reclaim`, and `processing` records whose lease has expired, are taken over.
-        `note`, if given, is recorded in `last_note` by the claim. Raises `LedgerUnavailable`.
+        A first delivery costs one write (`create`), or none when `deferred`: the claim is
+        then made by the handlers' own commit, which creates the record (see the module). An
+        event older than `redelivery_age_seconds` is probably a redelivery, so its record is
+        read first (a duplicate of a settled event then costs a single read) and it is never
+        deferred; so is one whose record is known to exist (`read_first`). An event with no
+        handlers (`handled=False`) is recorded `ignored` instead of claimed. Records whose
+        status is in `reclaim`, and `processing` records whose lease has expired, are taken
+        over. `note`, if given, is recorded in `last_note` by the claim. Raises
+        `LedgerUnavailable`.
         """
         ref = self.ref(received.id)
         now = self.clock()
         snapshot = None
-        if now.timestamp() - received.created > self.settings.redelivery_age_seconds:
+        if read_first or now.timestamp() - received.created > self.settings.redelivery_age_seconds:
             snapshot = self.read(received.id)
         if snapshot is None or not snapshot.exists:
             record = self._new_record(received, handled, now)
             if note:
                 record["last_note"] = note
+            if deferred and handled and snapshot is None:
+                record[lease.TOKEN_FIELD] = uuid.uuid4().hex  # to recognise its commit by
+                return Claim(received.id, 1, None, record)
             written = lease.create(ref, record, read_back=self.settings.read_back_seconds)
             if written.update_time is not None:
                 if not handled:
@@ -204,25 +233,30 @@ class EventLedger:
         ).update_time
 
     def _update_claimed(self, claim: Claim, fields: dict[str, Any]) -> bool:
-        """Update the claimed record unless another delivery took it over; whether it did."""
-        written = lease.compare_and_set(
-            self.db,
-            self.ref(claim.event_id),
-            claim.update_time,
-            fields,
-            read_back=self.settings.read_back_seconds,
-        )
+        """Update the claimed record (create it, for a deferred claim) unless another delivery
+        took the event over; whether it did."""
+        ref = self.ref(claim.event_id)
+        read_back = self.settings.read_back_seconds
+        if claim.update_time is None:
+            written = lease.create(ref, {**(claim.record or {}), **fields}, read_back=read_back)
+        else:
+            written = lease.compare_and_set(
+                self.db, ref, claim.update_time, fields, read_back=read_back
+            )
         return written.update_time is not None
 
     def complete(self, tx: firestore.Transaction, claim: Claim) -> None:
         """Mark the claimed event `completed` as part of `tx` (the handlers' transaction).
 
         The write is conditional on the claim, so the whole transaction fails with
-        `FailedPrecondition` if another delivery took the event over meanwhile.
+        `FailedPrecondition` if another delivery took the event over meanwhile; a deferred
+        claim's creates the record, and fails with `AlreadyExists` if another delivery did.
         """
-        buffer_update(
-            tx, self.ref(claim.event_id), self._completed_fields(), update_time=claim.update_time
-        )
+        ref = self.ref(claim.event_id)
+        if claim.update_time is None:
+            buffer_replacement(tx, ref, {**(claim.record or {}), **self._completed_fields()})
+            return
+        buffer_update(tx, ref, self._completed_fields(), update_time=claim.update_time)
 
     def complete_without_handlers(self, claim: Claim, note: str) -> Outcome:
         """Mark the claimed event `completed` with `note`, outside any transaction: for an
@@ -247,7 +281,8 @@ class EventLedger:
         One that does not (Firestore or Stripe unavailable) leaves it `failed` and gives the
         attempt back, so that an outage never brings an event closer to the dead letter.
         Returns FAILED, DEAD, or IN_FLIGHT when another delivery has taken the event over
-        (its result stands and nothing is written). Raises `LedgerUnavailable`.
+        (its result stands and nothing is written). A deferred claim's failure creates the
+        record. Raises `LedgerUnavailable`.
         """
         dead = counts and claim.attempt >= self.settings.max_attempts
         fields: dict[str, Any] = {
@@ -269,9 +304,28 @@ class EventLedger:
         return snapshot
 
     def holds(self, claim: Claim) -> bool:
-        """Whether the record is still as `claim` left it (nobody took the event over)."""
+        """Whether the record is still as `claim` left it (nobody took the event over; for a
+        deferred claim, nobody created the record)."""
         snapshot = self.read(claim.event_id)
+        if claim.update_time is None:
+            return not snapshot.exists
         return bool(snapshot.exists and snapshot.update_time == claim.update_time)
+
+    def deferred_result(self, claim: Claim) -> Outcome | None:
+        """For deferred `claim`, whose commit failed or went unanswered: COMPLETED if that
+        commit created the record (it carries the claim's token), IN_FLIGHT if another
+        delivery did, None if there is no record. The read is bounded like a lost answer's
+        read-back (`stripe_ledger.lease`), so that an outage is answered within its bound.
+        Raises `LedgerUnavailable`."""
+        assert claim.record is not None
+        with translated("read back the event's commit"):
+            snapshot: Snapshot = self.ref(claim.event_id).get(
+                retry=None, timeout=self.settings.read_back_seconds
+            )
+        if not snapshot.exists:
+            return None
+        token = (snapshot.to_dict() or {}).get(lease.TOKEN_FIELD)
+        return Outcome.COMPLETED if token == claim.record[lease.TOKEN_FIELD] else Outcome.IN_FLIGHT
 
     def _new_record(self, received: VerifiedEvent, handled: bool, now: datetime) -> dict[str, Any]:
         record: dict[str, Any] = {

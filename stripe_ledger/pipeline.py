@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from google.cloud import firestore
 
@@ -72,10 +72,47 @@ def process_event(
     Raises `LedgerUnavailable` (Firestore), `StripeUnavailable` (Stripe's API) or
     `ConfigurationError`; the claim, if one was made, is released first.
     """
+    kwargs: dict[str, Any] = dict(
+        db=db, ledger=ledger, registry=registry, fetcher=fetcher, reclaim=reclaim, note=note
+    )
+    # A snapshot event's first delivery whose handlers only edit documents is claimed by its
+    # unit of work's own commit (one write less). A thin event is claimed first, since it
+    # calls Stripe's API before its handlers run, and so is one whose handlers read through
+    # the transaction: concurrent duplicates would otherwise wait on each other's locks.
+    locks = any(r.reads is not None for r in registry.applicable(received))
+    try:
+        return _process(received, deferred=not (is_thin(received.data) or locks), **kwargs)
+    except _Preempted:  # another delivery created the record first: judged as a claim does
+        return _process(received, deferred=False, read_first=True, **kwargs)
+
+
+class _Preempted(Exception):
+    """A deferred claim's commit found the record created by another delivery."""
+
+
+def _process(
+    received: VerifiedEvent,
+    *,
+    db: firestore.Client,
+    ledger: EventLedger,
+    registry: HandlerRegistry,
+    fetcher: StripeFetcher | None,
+    reclaim: Collection[str],
+    note: str | None,
+    deferred: bool,
+    read_first: bool = False,
+) -> Delivery:
     event_type = thin.applied_type(received, registry) if is_thin(received.data) else None
     arriving = thin.stub(received, event_type) if event_type else received
     handled = bool(registry.applicable(arriving))
-    claim = ledger.claim(received, handled=handled, reclaim=reclaim, note=note)
+    claim = ledger.claim(
+        received,
+        handled=handled,
+        reclaim=reclaim,
+        note=note,
+        deferred=deferred,
+        read_first=read_first,
+    )
     if isinstance(claim, Settled):
         return _settled(received, claim)
     try:
@@ -106,6 +143,8 @@ def process_event(
     if fetcher is not None and fetcher.can_read(applied):
         applied = dataclasses.replace(applied, settleable=True)
     delivery = _unit_of_work(applied, claims, db, ledger, registry, fetcher)
+    if claim.update_time is None and delivery.outcome is Outcome.IN_FLIGHT:
+        raise _Preempted
     return dataclasses.replace(
         delivery, event_id=received.id, event_type=received.type, attempt=claim.attempt
     )

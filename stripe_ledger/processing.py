@@ -12,7 +12,6 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from stripe_ledger.context import (
@@ -160,8 +159,13 @@ def _after_failure(
     cause = error.__cause__ if isinstance(error, HandlerFailed) else error
     unavailable = cause is not None and is_unavailable(cause)
     first, *others = claims
+    if first.update_time is None and (found := ledger.deferred_result(first)) is not None:
+        # A deferred claim's record exists: its commit landed and only the answer was lost
+        # (COMPLETED; the tasks it enqueued are left to the outbox's scheduled runner), or
+        # another delivery created it (IN_FLIGHT: the pipeline judges it from the record).
+        return Delivery(found, received.id, received.type, attempt=first.attempt)
     description = describe(error)
-    if isinstance(error, gexc.FailedPrecondition):
+    if is_edit_conflict(error):  # a precondition failed: maybe one of the claims'
         lost = [claim for claim in claims if not ledger.holds(claim)]
         if lost:
             # A lease expired and another delivery took that event over; its result stands,

@@ -314,14 +314,19 @@ class TestMisconfiguration:
 
 
 class TestConcurrency:
+    @pytest.mark.parametrize("event_type", ["test.counter", "test.tally"])
     def test_each_event_once_under_concurrent_duplicates(
-        self, project: str, db: firestore.Client
+        self, project: str, db: firestore.Client, tmp_path: Path, event_type: str
     ) -> None:
         """24 events, each delivered 6 times at once through real HTTP (gunicorn, 8 threads):
-        each event completes with its effect applied exactly once. A delivery that finds the
-        event in flight gets a 409 and is retried as Stripe would."""
+        each event completes with its effect applied exactly once. `test.counter` reads
+        through its transaction, so the event is claimed first: a delivery that finds it in
+        flight gets a 409 and is retried as Stripe would. `test.tally` reads nothing, so
+        each delivery runs it and the runs overlap: their commits race to create the
+        record, one wins, and the others find the record and answer 200."""
         function = FunctionServer(server_env(project), threads=8).start()
-        events = [make_event("test.counter", {"id": f"obj_{n}", "sleep": 0.2}) for n in range(24)]
+        behaviour = {"sleep": 0.2, "runs_dir": str(tmp_path)}
+        events = [make_event(event_type, {"id": f"obj_{n}", **behaviour}) for n in range(24)]
         first_answers: list[int] = []
         lock = threading.Lock()
 
@@ -338,7 +343,11 @@ class TestConcurrency:
         finally:
             function.stop()
         assert set(first_answers) <= {200, 409}
-        assert first_answers.count(409) > 0  # the duplicates really were concurrent
+        # the duplicates really were concurrent:
+        if event_type == "test.counter":
+            assert first_answers.count(409) > 0
+        else:
+            assert _overlapping_runs(tmp_path) > 0
         for event in events:
             stored = record(db, event["id"])
             assert stored is not None
@@ -383,6 +392,54 @@ class TestCrash:
         assert stored is not None
         assert stored["status"] == "completed"
         assert stored["attempts"] >= 2  # the killed attempt counted
+
+    def test_sigkill_before_a_first_deliverys_commit(
+        self, project: str, db: firestore.Client, tmp_path: Path
+    ) -> None:
+        """`test.tally` reads nothing, so its first delivery is claimed by its commit: killed
+        before it, the delivery leaves no record and no effect, and the next delivery
+        completes the event on attempt 1, its effect once. (Only a delivery that wrote a
+        claim can have an abandoned attempt counted; events older than
+        STRIPE_REDELIVERY_AGE_SECONDS are always claimed first.)"""
+        marker = tmp_path / "inside-transaction"
+        event = make_event("test.tally", {"id": "obj_crash", "hang_marker": str(marker)})
+        function = FunctionServer(server_env(project)).start()
+        threading.Thread(target=lambda: _ignore_errors(function.post, event), daemon=True).start()
+        deadline = time.monotonic() + 20
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the handler never started"
+            time.sleep(0.05)
+        function.kill()
+        assert effects(db, event["id"]) == 0
+        assert record(db, event["id"]) is None
+
+        restarted = FunctionServer(server_env(project)).start()
+        healed = dict(event, data={"object": {"id": "obj_crash"}})
+        try:
+            response = restarted.post(healed)
+        finally:
+            restarted.stop()
+        assert response.json()["status"] == "completed"
+        assert effects(db, event["id"]) == 1
+        stored = record(db, event["id"])
+        assert stored is not None
+        assert (stored["status"], stored["attempts"]) == ("completed", 1)
+
+
+def _overlapping_runs(runs_dir: Path) -> int:
+    """How many pairs of handler runs of one event overlapped in time (see
+    tests/handlers_for_tests.py, `runs_dir`)."""
+    runs: dict[str, list[tuple[float, float]]] = {}
+    for run in runs_dir.iterdir():
+        start, end = map(float, run.read_text().split())
+        runs.setdefault(run.name.split(".")[0], []).append((start, end))
+    return sum(
+        1
+        for spans in runs.values()
+        for i, (start, end) in enumerate(spans)
+        for other_start, other_end in spans[i + 1 :]
+        if start < other_end and other_start < end
+    )
 
 
 def _ignore_errors(function: Any, *args: Any) -> None:

@@ -40,13 +40,14 @@ def settings(**overrides: Any) -> Settings:
 
 
 def counting_registry(
-    fail: Callable[[HandlerContext], bool] = lambda ctx: False,
+    fail: Callable[[HandlerContext], bool] = lambda ctx: False, *, claim_first: bool = False
 ) -> HandlerRegistry:
     """A handler that adds 1 to `test_effects/{event_id}`, with a server-side increment
-    (it reads nothing, so it holds no lock), or raises when `fail(ctx)`."""
+    (it reads nothing, so it holds no lock), or raises when `fail(ctx)`. With `claim_first`
+    it declares (empty) reads through the transaction, so its events are claimed first."""
     registry = HandlerRegistry()
 
-    @registry.on("test.counted")
+    @registry.on("test.counted", reads=(lambda ctx: []) if claim_first else None)
     def count(ctx: HandlerContext) -> None:
         ctx.tx.set(
             ctx.db.collection(EFFECTS).document(ctx.event_id),
@@ -260,6 +261,11 @@ class TestLease:
         assert ledger.ref(received.id).get().get("status") == Status.DEAD
 
 
+# Whether the handler declares reads through the transaction (none, here), so that its event
+# is claimed first, or not, so that its first delivery's claim is its commit's (deferred).
+CLAIMS = pytest.mark.parametrize("claim_first", [False, True], ids=["deferred", "claimed-first"])
+
+
 class TestInterleavings:
     """Two deliveries of one event, over every interleaving of their syncpoints."""
 
@@ -270,9 +276,10 @@ class TestInterleavings:
         redelivery_ages: tuple[int, int],
         fail: Callable[[HandlerContext], bool] = lambda ctx: False,
         clients: tuple[firestore.Client, firestore.Client] | None = None,
+        claim_first: bool = False,
         **overrides: Any,
     ) -> list[tuple[str, list[Outcome | str]]]:
-        registry = counting_registry(fail)
+        registry = counting_registry(fail, claim_first=claim_first)
         base = event().data
         results: dict[int, list[Outcome | str]] = {}
         ids: dict[int, str] = {}
@@ -302,10 +309,15 @@ class TestInterleavings:
         assert min(counts) >= 2, counts  # both deliveries really stopped at syncpoints
         return [(ids[n], results[n]) for n in sorted(results)]
 
-    def test_concurrent_duplicates_apply_the_event_once(self, db: firestore.Client) -> None:
+    @CLAIMS
+    def test_concurrent_duplicates_apply_the_event_once(
+        self, db: firestore.Client, claim_first: bool
+    ) -> None:
         """Whatever the interleaving: one delivery completes, the other sees it in flight or
         done, and the effect is applied exactly once."""
-        scenarios = self._run(db, (Clock(), Clock()), redelivery_ages=(10**6, 10**6))
+        scenarios = self._run(
+            db, (Clock(), Clock()), redelivery_ages=(10**6, 10**6), claim_first=claim_first
+        )
         assert len(scenarios) > 10
         for event_id, outcomes in scenarios:
             assert sorted(str(o) for o in outcomes) in (
@@ -364,12 +376,14 @@ def test_a_slow_holder_cannot_commit_after_a_takeover(db: firestore.Client) -> N
 class TestLostAnswers:
     """A claim whose write lands while its answer is lost (a timeout, a dropped connection)."""
 
+    @CLAIMS
     def test_a_lost_create_answer_is_recognised_in_every_interleaving(
-        self, db: firestore.Client, project: str
+        self, db: firestore.Client, project: str, claim_first: bool
     ) -> None:
-        """The first delivery's create lands but answers DEADLINE_EXCEEDED; a duplicate
-        arrives meanwhile. Reading its record back, the first delivery finds its own lease
-        token and goes on holding the claim: in every interleaving the effect is applied
+        """The first delivery's create of its record (its claim, or its deferred claim's
+        commit) lands but answers DEADLINE_EXCEEDED; a duplicate arrives meanwhile. Reading
+        its record back, the first delivery finds its own token and goes on holding the
+        claim (or knows its commit landed): in every interleaving the effect is applied
         once, the record completes on attempt 1, and with STRIPE_MAX_ATTEMPTS=1 nothing is
         ever dead-lettered for an attempt that never ran."""
         lossy = firestore.Client(project=project, credentials=EmulatorCreds())
@@ -380,6 +394,7 @@ class TestLostAnswers:
             (Clock(), Clock()),
             redelivery_ages=(10**6, 10**6),
             clients=(lossy, db),
+            claim_first=claim_first,
             max_attempts=1,
         )
         assert len(scenarios) > 10

@@ -398,32 +398,33 @@ class TestIgnored:
 
 
 class TestEfficiency:
-    def test_first_delivery_costs_three_calls(
+    def test_first_delivery_costs_two_calls(
         self, db: firestore.Client, registry: HandlerRegistry
     ) -> None:
-        """A projected event's first delivery: the claim's Commit, one BatchGetDocuments
-        (the projection document, without a lock), and the Commit of projection and ledger
-        record together (nothing was read through a transaction, so none was begun)."""
+        """A projected event's first delivery: one BatchGetDocuments (the projection
+        document, without a lock), and the Commit of projection and ledger record together,
+        which is also the claim (nothing was read through a transaction, so none was begun
+        and the claim is deferred to the commit)."""
         counter = count_rpcs(db)
         intent = {"id": fresh("pi"), "object": "payment_intent", "status": "succeeded"}
         event = make_event("payment_intent.succeeded", intent)
         assert deliver(db, registry, event).outcome is Outcome.COMPLETED
-        assert dict(counter.calls) == {"Commit": 2, "BatchGetDocuments": 1}
+        assert dict(counter.calls) == {"Commit": 1, "BatchGetDocuments": 1}
 
     def test_an_event_that_changes_access_costs_no_call_more(
         self, db: firestore.Client, registry: HandlerRegistry
     ) -> None:
         """A customer's event also reads the customer's access, in the same batch as the
-        projection document, and writes it in the same commit: three calls."""
+        projection document, and writes it in the same commit: two calls."""
         counter = count_rpcs(db)
         event = make_event("customer.created", {"id": fresh("cus"), "email": "a@example.com"})
         assert deliver(db, registry, event).outcome is Outcome.COMPLETED
-        assert dict(counter.calls) == {"Commit": 2, "BatchGetDocuments": 1}
+        assert dict(counter.calls) == {"Commit": 1, "BatchGetDocuments": 1}
 
     def test_an_event_that_changes_nothing_writes_no_projection(
         self, db: firestore.Client, registry: HandlerRegistry
     ) -> None:
-        """An older event after a newer one still costs its three calls, but its commit
+        """An older event after a newer one still costs its two calls, but its commit
         holds the ledger record alone: neither the projection document nor the access is
         rewritten."""
         customer_id, now = fresh("cus"), int(time.time())  # recent: claimed without a read
@@ -436,8 +437,8 @@ class TestEfficiency:
         recorder.requests.clear()
         recorder.reset()
         assert deliver(db, registry, older).outcome is Outcome.COMPLETED
-        assert recorder.total() == 3
-        assert recorder.written() == [f"stripe_events/{older['id']}"] * 2  # claim, completion
+        assert recorder.total() == 2
+        assert recorder.written() == [f"stripe_events/{older['id']}"]  # claimed and completed
         assert db.collection("customers").document(customer_id).get().update_time == before
 
 
@@ -456,8 +457,8 @@ class TestEditsOnTheWire:
         created = make_event("customer.subscription.created", subscription(sub_id, "active"))
         deliver(db, registry, created)
         methods = [method for method, _ in recorder.requests]
-        assert methods == ["Commit", "BatchGetDocuments", "Commit"]
-        read, commit = recorder.requests[1][1], recorder.requests[2][1]
+        assert methods == ["BatchGetDocuments", "Commit"]
+        read, commit = recorder.requests[0][1], recorder.requests[1][1]
         assert not read.transaction
         assert not read.HasField("new_transaction")
         assert [name.rsplit("/", 2)[-2:] for name in read.documents] == [

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.cloud import firestore
 
-from stripe_ledger.firestore_client import read_through, write_count
+from stripe_ledger.firestore_client import get_documents, translated, write_count
 from stripe_ledger.ledger import Clock
 from stripe_ledger.outbox.tasks import TaskStatus, UnknownTask, check_key
 
@@ -47,12 +47,14 @@ class TaskBatch:
         received: VerifiedEvent,
         tx: firestore.Transaction,
         *,
+        db: firestore.Client,
         registry: HandlerRegistry,
         ref: Callable[[str], firestore.DocumentReference],
         clock: Clock,
         retention: timedelta,
     ) -> None:
         self.received = received
+        self.db = db
         self.registry = registry
         self.ref = ref
         self.clock = clock
@@ -91,15 +93,18 @@ class TaskBatch:
         """Create the enqueued tasks that do not exist yet, in the transaction.
 
         Called once, after the handlers and before the record's completion. The documents are
-        read through the transaction in one batch, so a key that another event's transaction
-        creates at the same time is serialised by Firestore: one of the two creates it, the
-        other sees it (after a retry) and leaves it.
+        read in one batch without a lock (no transaction begins for them, so concurrent
+        deliveries never wait on each other) and created on condition that they still do not
+        exist: a key that another event creates at the same time fails this commit with
+        `AlreadyExists`, an edit conflict, and the unit of work runs again, sees the task and
+        leaves it.
         """
         self._written = True
         if not self._enqueued:
             return
         refs = [self.ref(key) for key in self._enqueued]
-        found = {snapshot.reference.path: snapshot for snapshot in read_through(self.tx, refs)}
+        with translated("read the tasks to create"):
+            found = {snapshot.reference.path: snapshot for snapshot in get_documents(self.db, refs)}
         now = self.clock()
         for ref, item in zip(refs, self._enqueued.values(), strict=True):
             if found[ref.path].exists:

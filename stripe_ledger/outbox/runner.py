@@ -67,6 +67,7 @@ class Outbox:
         return TaskBatch(
             received,
             tx,
+            db=self.db,
             registry=self.registry,
             ref=self.ref,
             clock=self.clock,
