@@ -50,6 +50,7 @@ __all__ = [
     "Claim",
     "Clock",
     "EventLedger",
+    "Preempted",
     "Settled",
     "Status",
     "stored_payload",
@@ -99,6 +100,15 @@ class Claim:
     record: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
+class Preempted(Exception):
+    """A deferred claim found its record created by another delivery (`snapshot`): the event
+    is to be judged from it, as a claim judges an existing record."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__(snapshot.id)
+        self.snapshot = snapshot
+
+
 @dataclass(frozen=True)
 class Settled:
     """A claim that found nothing to process, and why."""
@@ -131,7 +141,7 @@ class EventLedger:
         reclaim: Collection[str] = RETRYABLE,
         note: str | None = None,
         deferred: bool = False,
-        read_first: bool = False,
+        known: Snapshot | None = None,
     ) -> Claim | Settled:
         """Claim `received` for processing, or say why not.
 
@@ -139,7 +149,7 @@ class EventLedger:
         then made by the handlers' own commit, which creates the record (see the module). An
         event older than `redelivery_age_seconds` is probably a redelivery, so its record is
         read first (a duplicate of a settled event then costs a single read) and it is never
-        deferred; so is one whose record is known to exist (`read_first`). An event with no
+        deferred; so is one whose record was just read (`known`, not read again). An event with no
         handlers (`handled=False`) is recorded `ignored` instead of claimed. Records whose
         status is in `reclaim`, and `processing` records whose lease has expired, are taken
         over. `note`, if given, is recorded in `last_note` by the claim. Raises
@@ -147,8 +157,10 @@ class EventLedger:
         """
         ref = self.ref(received.id)
         now = self.clock()
-        snapshot = None
-        if read_first or now.timestamp() - received.created > self.settings.redelivery_age_seconds:
+        snapshot = known
+        if snapshot is None and (
+            now.timestamp() - received.created > self.settings.redelivery_age_seconds
+        ):
             snapshot = self.read(received.id)
         if snapshot is None or not snapshot.exists:
             record = self._new_record(received, handled, now)
@@ -233,12 +245,15 @@ class EventLedger:
         ).update_time
 
     def _update_claimed(self, claim: Claim, fields: dict[str, Any]) -> bool:
-        """Update the claimed record (create it, for a deferred claim) unless another delivery
-        took the event over; whether it did."""
+        """Update the claimed record unless another delivery took the event over; whether it
+        did. A deferred claim's record is created, and `Preempted` raised if another delivery
+        created it first."""
         ref = self.ref(claim.event_id)
         read_back = self.settings.read_back_seconds
         if claim.update_time is None:
             written = lease.create(ref, {**(claim.record or {}), **fields}, read_back=read_back)
+            if written.current is not None and written.current.exists:
+                raise Preempted(written.current)
         else:
             written = lease.compare_and_set(
                 self.db, ref, claim.update_time, fields, read_back=read_back
@@ -282,7 +297,7 @@ class EventLedger:
         attempt back, so that an outage never brings an event closer to the dead letter.
         Returns FAILED, DEAD, or IN_FLIGHT when another delivery has taken the event over
         (its result stands and nothing is written). A deferred claim's failure creates the
-        record. Raises `LedgerUnavailable`.
+        record (`Preempted` if another delivery did). Raises `LedgerUnavailable`.
         """
         dead = counts and claim.attempt >= self.settings.max_attempts
         fields: dict[str, Any] = {
@@ -311,21 +326,22 @@ class EventLedger:
             return not snapshot.exists
         return bool(snapshot.exists and snapshot.update_time == claim.update_time)
 
-    def deferred_result(self, claim: Claim) -> Outcome | None:
-        """For deferred `claim`, whose commit failed or went unanswered: COMPLETED if that
-        commit created the record (it carries the claim's token), IN_FLIGHT if another
-        delivery did, None if there is no record. The read is bounded like a lost answer's
-        read-back (`stripe_ledger.lease`), so that an outage is answered within its bound.
-        Raises `LedgerUnavailable`."""
+    def read_back_deferred(self, claim: Claim) -> bool:
+        """For deferred `claim`, whose commit failed or went unanswered: True if that commit
+        created the record (it carries the claim's token), False if there is no record.
+        Raises `Preempted` if another delivery created it. The read is bounded like a lost
+        answer's read-back (`stripe_ledger.lease`), so that an outage is answered within its
+        bound. Raises `LedgerUnavailable`."""
         assert claim.record is not None
         with translated("read back the event's commit"):
             snapshot: Snapshot = self.ref(claim.event_id).get(
                 retry=None, timeout=self.settings.read_back_seconds
             )
         if not snapshot.exists:
-            return None
-        token = (snapshot.to_dict() or {}).get(lease.TOKEN_FIELD)
-        return Outcome.COMPLETED if token == claim.record[lease.TOKEN_FIELD] else Outcome.IN_FLIGHT
+            return False
+        if (snapshot.to_dict() or {}).get(lease.TOKEN_FIELD) == claim.record[lease.TOKEN_FIELD]:
+            return True
+        raise Preempted(snapshot)
 
     def _new_record(self, received: VerifiedEvent, handled: bool, now: datetime) -> dict[str, Any]:
         record: dict[str, Any] = {

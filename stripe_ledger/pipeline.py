@@ -35,7 +35,8 @@ from stripe_ledger import thin
 from stripe_ledger.context import SettleFromApi
 from stripe_ledger.errors import ConfigurationError, LedgerUnavailable, StripeUnavailable
 from stripe_ledger.fetch import StripeFetcher, refetches, unreadable
-from stripe_ledger.ledger import RETRYABLE, Claim, EventLedger, Settled
+from stripe_ledger.firestore_client import Snapshot
+from stripe_ledger.ledger import RETRYABLE, Claim, EventLedger, Preempted, Settled
 from stripe_ledger.outcomes import Delivery, Outcome
 from stripe_ledger.processing import describe, process_claimed
 from stripe_ledger.verify import VerifiedEvent, is_thin
@@ -82,12 +83,8 @@ def process_event(
     locks = any(r.reads is not None for r in registry.applicable(received))
     try:
         return _process(received, deferred=not (is_thin(received.data) or locks), **kwargs)
-    except _Preempted:  # another delivery created the record first: judged as a claim does
-        return _process(received, deferred=False, read_first=True, **kwargs)
-
-
-class _Preempted(Exception):
-    """A deferred claim's commit found the record created by another delivery."""
+    except Preempted as preempted:  # another delivery created the record: judged from it
+        return _process(received, deferred=False, known=preempted.snapshot, **kwargs)
 
 
 def _process(
@@ -100,7 +97,7 @@ def _process(
     reclaim: Collection[str],
     note: str | None,
     deferred: bool,
-    read_first: bool = False,
+    known: Snapshot | None = None,
 ) -> Delivery:
     event_type = thin.applied_type(received, registry) if is_thin(received.data) else None
     arriving = thin.stub(received, event_type) if event_type else received
@@ -111,7 +108,7 @@ def _process(
         reclaim=reclaim,
         note=note,
         deferred=deferred,
-        read_first=read_first,
+        known=known,
     )
     if isinstance(claim, Settled):
         return _settled(received, claim)
@@ -143,8 +140,6 @@ def _process(
     if fetcher is not None and fetcher.can_read(applied):
         applied = dataclasses.replace(applied, settleable=True)
     delivery = _unit_of_work(applied, claims, db, ledger, registry, fetcher)
-    if claim.update_time is None and delivery.outcome is Outcome.IN_FLIGHT:
-        raise _Preempted
     return dataclasses.replace(
         delivery, event_id=received.id, event_type=received.type, attempt=claim.attempt
     )

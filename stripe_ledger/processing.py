@@ -23,7 +23,7 @@ from stripe_ledger.context import (
 )
 from stripe_ledger.errors import LedgerUnavailable
 from stripe_ledger.firestore_client import is_unavailable, run_transaction, translated
-from stripe_ledger.ledger import Claim, EventLedger
+from stripe_ledger.ledger import Claim, EventLedger, Preempted
 from stripe_ledger.outbox import Outbox, TaskBatch, run_enqueued
 from stripe_ledger.outcomes import Delivery, Outcome
 
@@ -61,7 +61,8 @@ def process_claimed(
     On failure, the failure is recorded on every claim, each released: counted on the first
     when a handler raised, never when Firestore was unavailable, which raises
     `LedgerUnavailable` after the claims are released. A handler's `SettleFromApi` is
-    raised as is, the claims still held, for the pipeline to settle.
+    raised as is, the claims still held, for the pipeline to settle; so is `Preempted`, when
+    a deferred claim's record turns out to be another delivery's.
     """
     registrations = registry.applicable(received)
     outbox = Outbox(db, ledger.settings, registry, ledger.clock)
@@ -81,6 +82,8 @@ def process_claimed(
             budget_seconds=ledger.settings.firestore_timeout_seconds,
             conflicted=conflicted,
         )
+    except Preempted:
+        raise
     except HandlerFailed as error:
         if isinstance(error.__cause__, SettleFromApi):
             raise error.__cause__ from None  # rolled back, claims held: the pipeline reads
@@ -135,7 +138,13 @@ def _run_transaction(
         # document conflict (`Edits`). The others run first, in registration order.
         editing = [r for r in registrations if named(r, "edits")]
         run([r for r in registrations if r not in editing])
-        read_declared(ctx, lambda: (), lambda: declared("edits"))
+        # A deferred claim's record is read along with the documents to edit, for free: a
+        # duplicate of a settled event then stops here, before its handlers run.
+        record = ledger.ref(claims[0].event_id) if claims[0].update_time is None else None
+        along = [record] if record is not None and editing else []
+        read_declared(ctx, lambda: (), lambda: declared("edits") + along)
+        if along and (found := ctx.edits.snapshot(along[0])) is not None and found.exists:
+            raise Preempted(found)
         run(editing)
         ctx.edits.write(tx)  # the documents handlers changed together, once each
         tasks.write()  # the tasks the handlers enqueued, created in this transaction
@@ -159,11 +168,11 @@ def _after_failure(
     cause = error.__cause__ if isinstance(error, HandlerFailed) else error
     unavailable = cause is not None and is_unavailable(cause)
     first, *others = claims
-    if first.update_time is None and (found := ledger.deferred_result(first)) is not None:
-        # A deferred claim's record exists: its commit landed and only the answer was lost
-        # (COMPLETED; the tasks it enqueued are left to the outbox's scheduled runner), or
-        # another delivery created it (IN_FLIGHT: the pipeline judges it from the record).
-        return Delivery(found, received.id, received.type, attempt=first.attempt)
+    deferred = first.update_time is None
+    if deferred and (unavailable or is_edit_conflict(error)) and ledger.read_back_deferred(first):
+        # Its commit landed and only the answer was lost; the tasks it enqueued are left to
+        # the outbox's scheduled runner. (Another delivery's record raised `Preempted`.)
+        return Delivery(Outcome.COMPLETED, received.id, received.type, attempt=first.attempt)
     description = describe(error)
     if is_edit_conflict(error):  # a precondition failed: maybe one of the claims'
         lost = [claim for claim in claims if not ledger.holds(claim)]

@@ -411,6 +411,19 @@ class TestEfficiency:
         assert deliver(db, registry, event).outcome is Outcome.COMPLETED
         assert dict(counter.calls) == {"Commit": 1, "BatchGetDocuments": 1}
 
+    def test_a_fresh_duplicate_costs_one_read(
+        self, db: firestore.Client, registry: HandlerRegistry
+    ) -> None:
+        """A duplicate of a settled event younger than the redelivery age: its record is read
+        with the documents it would edit, and it stops there, before any handler runs: one
+        call, nothing written."""
+        intent = {"id": fresh("pi"), "object": "payment_intent", "status": "succeeded"}
+        event = make_event("payment_intent.succeeded", intent)
+        assert deliver(db, registry, event).outcome is Outcome.COMPLETED
+        counter = count_rpcs(db)
+        assert deliver(db, registry, event).outcome is Outcome.DUPLICATE
+        assert dict(counter.calls) == {"BatchGetDocuments": 1}
+
     def test_an_event_that_changes_access_costs_no_call_more(
         self, db: firestore.Client, registry: HandlerRegistry
     ) -> None:
@@ -446,12 +459,12 @@ class TestEditsOnTheWire:
     def test_documents_are_read_without_a_lock_and_written_with_a_precondition(
         self, db: firestore.Client, registry: HandlerRegistry
     ) -> None:
-        """On the wire: the projection and the access of the subscription's customer are read
-        by one BatchGetDocuments outside any transaction (no lock for a concurrent event to
-        wait on), and one atomic Commit writes each with a precondition, with the ledger
-        record: the projection must still not exist, the access too (the customer has no
-        user, so no second read follows). Nothing was read through a transaction, so none
-        was begun."""
+        """On the wire: the projection and the access of the subscription's customer (and the
+        event's record) are read by one BatchGetDocuments outside any transaction (no lock
+        for a concurrent event to wait on), and one atomic Commit writes each with a
+        precondition, with the ledger record: the projection must still not exist, the
+        access too (the customer has no user, so no second read follows). Nothing was read
+        through a transaction, so none was begun."""
         recorder = record_rpcs(db)
         sub_id = fresh("sub")
         created = make_event("customer.subscription.created", subscription(sub_id, "active"))
@@ -464,6 +477,7 @@ class TestEditsOnTheWire:
         assert [name.rsplit("/", 2)[-2:] for name in read.documents] == [
             ["subscriptions", sub_id],
             ["customer_access", "cus_1"],
+            ["stripe_events", created["id"]],  # the record, read along: a duplicate stops here
         ]
         assert not commit.transaction
         preconditions = {
