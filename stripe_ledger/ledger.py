@@ -99,6 +99,11 @@ class Claim:
     update_time: datetime | None
     record: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def deferred(self) -> bool:
+        """Whether nothing was written for this claim yet (its commit creates the record)."""
+        return self.update_time is None
+
 
 class Preempted(Exception):
     """A deferred claim found its record created by another delivery (`snapshot`): the event
@@ -250,7 +255,7 @@ class EventLedger:
         created it first."""
         ref = self.ref(claim.event_id)
         read_back = self.settings.read_back_seconds
-        if claim.update_time is None:
+        if claim.update_time is None:  # deferred (spelled so that the type narrows)
             written = lease.create(ref, {**(claim.record or {}), **fields}, read_back=read_back)
             if written.current is not None and written.current.exists:
                 raise Preempted(written.current)
@@ -268,7 +273,7 @@ class EventLedger:
         claim's creates the record, and fails with `AlreadyExists` if another delivery did.
         """
         ref = self.ref(claim.event_id)
-        if claim.update_time is None:
+        if claim.deferred:
             buffer_replacement(tx, ref, {**(claim.record or {}), **self._completed_fields()})
             return
         buffer_update(tx, ref, self._completed_fields(), update_time=claim.update_time)
@@ -322,7 +327,7 @@ class EventLedger:
         """Whether the record is still as `claim` left it (nobody took the event over; for a
         deferred claim, nobody created the record)."""
         snapshot = self.read(claim.event_id)
-        if claim.update_time is None:
+        if claim.deferred:
             return not snapshot.exists
         return bool(snapshot.exists and snapshot.update_time == claim.update_time)
 

@@ -140,8 +140,7 @@ def _run_transaction(
         run([r for r in registrations if r not in editing])
         # A deferred claim's record is read along with the documents to edit, for free: a
         # duplicate of a settled event then stops here, before its handlers run.
-        record = ledger.ref(claims[0].event_id) if claims[0].update_time is None else None
-        along = [record] if record is not None and editing else []
+        along = [ledger.ref(claims[0].event_id)] if claims[0].deferred and editing else []
         read_declared(ctx, lambda: (), lambda: declared("edits") + along)
         if along and (found := ctx.edits.snapshot(along[0])) is not None and found.exists:
             raise Preempted(found)
@@ -168,8 +167,8 @@ def _after_failure(
     cause = error.__cause__ if isinstance(error, HandlerFailed) else error
     unavailable = cause is not None and is_unavailable(cause)
     first, *others = claims
-    deferred = first.update_time is None
-    if deferred and (unavailable or is_edit_conflict(error)) and ledger.read_back_deferred(first):
+    in_doubt = unavailable or is_edit_conflict(error)  # unanswered, or a precondition refused
+    if first.deferred and in_doubt and ledger.read_back_deferred(first):
         # Its commit landed and only the answer was lost; the tasks it enqueued are left to
         # the outbox's scheduled runner. (Another delivery's record raised `Preempted`.)
         return Delivery(Outcome.COMPLETED, received.id, received.type, attempt=first.attempt)
