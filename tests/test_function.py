@@ -366,15 +366,7 @@ class TestCrash:
         until the transaction expires (about a minute, in production too): redeliveries
         until then answer 503 and are retried.
         """
-        marker = tmp_path / "inside-transaction"
-        event = make_event("test.counter", {"id": "obj_crash", "hang_marker": str(marker)})
-        function = FunctionServer(server_env(project)).start()
-        threading.Thread(target=lambda: _ignore_errors(function.post, event), daemon=True).start()
-        deadline = time.monotonic() + 20
-        while not marker.exists():
-            assert time.monotonic() < deadline, "the handler never started"
-            time.sleep(0.05)
-        function.kill()
+        event = _killed_inside_the_handler(project, "test.counter", tmp_path)
         assert effects(db, event["id"]) == 0
         stored = record(db, event["id"])
         assert stored is not None
@@ -401,15 +393,7 @@ class TestCrash:
         completes the event on attempt 1, its effect once. (Only a delivery that wrote a
         claim can have an abandoned attempt counted; events older than
         STRIPE_REDELIVERY_AGE_SECONDS are always claimed first.)"""
-        marker = tmp_path / "inside-transaction"
-        event = make_event("test.tally", {"id": "obj_crash", "hang_marker": str(marker)})
-        function = FunctionServer(server_env(project)).start()
-        threading.Thread(target=lambda: _ignore_errors(function.post, event), daemon=True).start()
-        deadline = time.monotonic() + 20
-        while not marker.exists():
-            assert time.monotonic() < deadline, "the handler never started"
-            time.sleep(0.05)
-        function.kill()
+        event = _killed_inside_the_handler(project, "test.tally", tmp_path)
         assert effects(db, event["id"]) == 0
         assert record(db, event["id"]) is None
 
@@ -424,6 +408,21 @@ class TestCrash:
         stored = record(db, event["id"])
         assert stored is not None
         assert (stored["status"], stored["attempts"]) == ("completed", 1)
+
+
+def _killed_inside_the_handler(project: str, event_type: str, tmp_path: Path) -> dict[str, Any]:
+    """Serve the function, post an `event_type` event whose handler hangs inside its
+    transaction, and SIGKILL the server once the handler runs; the event posted."""
+    marker = tmp_path / "inside-transaction"
+    event = make_event(event_type, {"id": "obj_crash", "hang_marker": str(marker)})
+    function = FunctionServer(server_env(project)).start()
+    threading.Thread(target=lambda: _ignore_errors(function.post, event), daemon=True).start()
+    deadline = time.monotonic() + 20
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the handler never started"
+        time.sleep(0.05)
+    function.kill()
+    return event
 
 
 def _overlapping_runs(runs_dir: Path) -> int:
