@@ -324,11 +324,13 @@ class EventLedger:
         return snapshot
 
     def holds(self, claim: Claim) -> bool:
-        """Whether the record is still as `claim` left it (nobody took the event over; for a
-        deferred claim, nobody created the record)."""
+        """Whether the record is still as `claim` left it: nobody took the event over, or,
+        for a deferred claim, no record exists yet (False if its own commit created it).
+        Raises `Preempted` if another delivery created a deferred claim's record, so that it
+        is judged from the record just read. Raises `LedgerUnavailable`."""
         snapshot = self.read(claim.event_id)
         if claim.deferred:
-            return not snapshot.exists
+            return not self._created_by(claim, snapshot)
         return bool(snapshot.exists and snapshot.update_time == claim.update_time)
 
     def read_back_deferred(self, claim: Claim) -> bool:
@@ -337,11 +339,17 @@ class EventLedger:
         Raises `Preempted` if another delivery created it. The read is bounded like a lost
         answer's read-back (`stripe_ledger.lease`), so that an outage is answered within its
         bound. Raises `LedgerUnavailable`."""
-        assert claim.record is not None
         with translated("read back the event's commit"):
             snapshot: Snapshot = self.ref(claim.event_id).get(
                 retry=None, timeout=self.settings.read_back_seconds
             )
+        return self._created_by(claim, snapshot)
+
+    @staticmethod
+    def _created_by(claim: Claim, snapshot: Snapshot) -> bool:
+        """Whether deferred `claim`'s commit created the record `snapshot` shows (False: none
+        exists); `Preempted` if another delivery's did."""
+        assert claim.record is not None
         if not snapshot.exists:
             return False
         if (snapshot.to_dict() or {}).get(lease.TOKEN_FIELD) == claim.record[lease.TOKEN_FIELD]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from google.cloud import firestore
 
@@ -73,18 +73,29 @@ def process_event(
     Raises `LedgerUnavailable` (Firestore), `StripeUnavailable` (Stripe's API) or
     `ConfigurationError`; the claim, if one was made, is released first.
     """
-    kwargs: dict[str, Any] = dict(
-        db=db, ledger=ledger, registry=registry, fetcher=fetcher, reclaim=reclaim, note=note
-    )
+
+    def attempt(deferred: bool, known: Snapshot | None = None) -> Delivery:
+        return _process(
+            received,
+            db=db,
+            ledger=ledger,
+            registry=registry,
+            fetcher=fetcher,
+            reclaim=reclaim,
+            note=note,
+            deferred=deferred,
+            known=known,
+        )
+
     # A snapshot event's first delivery whose handlers only edit documents is claimed by its
     # unit of work's own commit (one write less). A thin event is claimed first, since it
     # calls Stripe's API before its handlers run, and so is one whose handlers read through
     # the transaction: concurrent duplicates would otherwise wait on each other's locks.
     locks = any(r.reads is not None for r in registry.applicable(received))
     try:
-        return _process(received, deferred=not (is_thin(received.data) or locks), **kwargs)
+        return attempt(deferred=not (is_thin(received.data) or locks))
     except Preempted as preempted:  # another delivery created the record: judged from it
-        return _process(received, deferred=False, known=preempted.snapshot, **kwargs)
+        return attempt(deferred=False, known=preempted.snapshot)
 
 
 def _process(

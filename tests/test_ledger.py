@@ -373,6 +373,34 @@ def test_a_slow_holder_cannot_commit_after_a_takeover(db: firestore.Client) -> N
     assert (record["status"], record["attempts"]) == ("completed", 2)
 
 
+def test_a_deferred_delivery_that_loses_the_race_reads_the_record_once(
+    db: firestore.Client, project: str
+) -> None:
+    """A first delivery whose claim is deferred to its commit: while its handler runs, a
+    duplicate completes the event. Its commit is refused (the record exists), it reads the
+    record once and is judged from it, a duplicate, its handler's writes never applied."""
+    received = event()
+    winner = EventLedger(db, settings())
+    registry = HandlerRegistry()
+
+    @registry.on("test.counted")
+    def count(ctx: HandlerContext) -> None:
+        if ctx.attempt == 1 and not winner.ref(ctx.event_id).get().exists:
+            assert deliver(db, winner, counting_registry(), received).outcome is Outcome.COMPLETED
+        ctx.tx.set(
+            ctx.db.collection(EFFECTS).document(ctx.event_id),
+            {"count": firestore.Increment(1)},
+            merge=True,
+        )
+
+    loser = firestore.Client(project=project, credentials=EmulatorCreds())
+    counter = count_rpcs(loser)
+    delivery = deliver(loser, EventLedger(loser, settings()), registry, received)
+    assert delivery.outcome is Outcome.DUPLICATE
+    assert dict(counter.calls) == {"Commit": 1, "BatchGetDocuments": 1}
+    assert effects(db, received.id) == 1
+
+
 class TestLostAnswers:
     """A claim whose write lands while its answer is lost (a timeout, a dropped connection)."""
 
