@@ -17,6 +17,7 @@ from stripe_ledger.firestore_client import (
     Snapshot,
     buffer_replacement,
     buffered_paths,
+    fields_of,
     get_documents,
     read_through,
     translated,
@@ -132,7 +133,7 @@ class Edits:
 
     def __init__(self) -> None:
         self._read: dict[str, Snapshot] = {}
-        self._stored: dict[str, dict[str, Any]] = {}
+        self._stored: dict[str, Mapping[str, Any]] = {}
         self._documents: dict[str, tuple[firestore.DocumentReference, dict[str, Any]]] = {}
 
     def read(self, db: firestore.Client, refs: list[firestore.DocumentReference]) -> None:
@@ -142,7 +143,7 @@ class Edits:
             with translated("read documents to edit"):
                 for snapshot in get_documents(db, missing):
                     self._read[snapshot.reference.path] = snapshot
-                    self._stored[snapshot.reference.path] = snapshot.to_dict() or {}
+                    self._stored[snapshot.reference.path] = fields_of(snapshot)
 
     def snapshot(self, ref: firestore.DocumentReference) -> Snapshot | None:
         """`ref` as read, or None when it was not read."""
@@ -155,7 +156,7 @@ class Edits:
             snapshot = self._read.get(ref.path)
             if snapshot is None:
                 raise NotDeclared(f"{ref.path} is edited but no edits= declared it")
-            held = (ref, copy.deepcopy(self._stored[ref.path]))
+            held = (ref, copy.deepcopy(dict(self._stored[ref.path])))
             self._documents[ref.path] = held
         return held[1]
 

@@ -56,6 +56,7 @@ __all__ = [
     "commit_writes",
     "create_client",
     "create_document",
+    "fields_of",
     "get_documents",
     "is_unavailable",
     "read_through",
@@ -266,12 +267,20 @@ def commit_writes(client: firestore.Client, writes: list[Any]) -> list[Any]:
     return list(response.write_results)
 
 
+def fields_of(snapshot: Snapshot) -> Mapping[str, Any]:
+    """The fields of `snapshot` as they were decoded ({} when it does not exist), without the
+    deep copy `to_dict()` makes of them (a record's payload or a projection's object is a few
+    hundred values): read them, never change them."""
+    data: dict[str, Any] | None = snapshot._data
+    return data if data is not None else {}
+
+
 def get_documents(
     client: firestore.Client, refs: Iterable[firestore.DocumentReference]
 ) -> list[Snapshot]:
     """`client.get_all(refs)` outside any transaction: one BatchGetDocuments (see `_rpc`),
     one snapshot per document in the order Firestore answers, decoded as the library
-    decodes, without its proto-plus conversions."""
+    decodes, without its proto-plus conversions and without copying what was decoded."""
     by_path = {ref._document_path: ref for ref in refs}
     request = _BATCH_GET.request(database=client._database_string, documents=list(by_path))
     snapshots = []
@@ -281,12 +290,15 @@ def get_documents(
             found = response.found
             snapshot = Snapshot(
                 by_path[found.name],
-                _helpers.decode_dict(found.fields, client),
+                None,
                 exists=True,
                 read_time=read_time,
                 create_time=_FROM_TIMESTAMP(found.create_time),
                 update_time=_FROM_TIMESTAMP(found.update_time),
             )
+            # Set after: the constructor deep-copies its data, and this decoded copy is the
+            # snapshot's alone.
+            snapshot._data = _helpers.decode_dict(found.fields, client)
         else:
             snapshot = Snapshot(
                 by_path[response.missing],

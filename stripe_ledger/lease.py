@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,7 +32,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from stripe_ledger.errors import LedgerUnavailable
-from stripe_ledger.firestore_client import Snapshot, create_document, translated
+from stripe_ledger.firestore_client import Snapshot, create_document, fields_of, translated
 
 __all__ = [
     "TOKEN_FIELD",
@@ -68,7 +68,7 @@ class Judgement:
 
 
 def judge(
-    record: dict[str, Any], *, running: str, max_attempts: int, now: datetime, attempt_word: str
+    record: Mapping[str, Any], *, running: str, max_attempts: int, now: datetime, attempt_word: str
 ) -> Judgement:
     """Judge `record` (a document with `status`, `attempts` and `lease_expires_at`)."""
     attempts = int(record.get("attempts") or 0)
@@ -206,7 +206,7 @@ def _read_back(
         if answered:
             return Written(None)
         raise
-    if snapshot.exists and (snapshot.to_dict() or {}).get(TOKEN_FIELD) == token:
+    if snapshot.exists and fields_of(snapshot).get(TOKEN_FIELD) == token:
         return Written(snapshot.update_time)
     unchanged = not snapshot.exists if before is None else snapshot.update_time == before
     if not answered and unchanged:

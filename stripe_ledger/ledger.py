@@ -39,6 +39,7 @@ from stripe_ledger.firestore_client import (
     Snapshot,
     buffer_replacement,
     buffer_update,
+    fields_of,
     translated,
 )
 from stripe_ledger.outcomes import Outcome
@@ -192,7 +193,7 @@ class EventLedger:
         note: str | None,
         now: datetime,
     ) -> Claim | Settled:
-        record = snapshot.to_dict() or {}
+        record = fields_of(snapshot)
         status = record.get("status")
         judged = lease.judge(
             record,
@@ -352,7 +353,7 @@ class EventLedger:
         assert claim.record is not None
         if not snapshot.exists:
             return False
-        if (snapshot.to_dict() or {}).get(lease.TOKEN_FIELD) == claim.record[lease.TOKEN_FIELD]:
+        if fields_of(snapshot).get(lease.TOKEN_FIELD) == claim.record[lease.TOKEN_FIELD]:
             return True
         raise Preempted(snapshot)
 

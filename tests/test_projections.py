@@ -4,10 +4,12 @@ precondition, concurrency and the cost of a delivery on the wire."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -423,6 +425,28 @@ class TestEfficiency:
         counter = count_rpcs(db)
         assert deliver(db, registry, event).outcome is Outcome.DUPLICATE
         assert dict(counter.calls) == {"BatchGetDocuments": 1}
+
+    def test_a_fresh_duplicate_copies_nothing_it_read(
+        self, db: firestore.Client, registry: HandlerRegistry, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The record and the projection a fresh duplicate reads (its payload and Stripe's
+        object, hundreds of values each) are decoded once and judged where they are: the
+        client library's deep copies (`DocumentSnapshot(...)`, `to_dict()`) are never made."""
+        metadata = {f"key{n}": {"nested": [n, str(n)]} for n in range(50)}
+        intent = {"id": fresh("pi"), "object": "payment_intent", "metadata": metadata}
+        event = make_event("payment_intent.succeeded", intent)
+        assert deliver(db, registry, event).outcome is Outcome.COMPLETED
+        copies: list[str] = []
+        real = copy.deepcopy
+
+        def counted(value: Any, memo: Any = None) -> Any:
+            if value is not None:  # the library's constructor copies None: nothing
+                copies.append("".join(traceback.format_stack(limit=4)))
+            return real(value, memo)
+
+        monkeypatch.setattr(copy, "deepcopy", counted)
+        assert deliver(db, registry, event).outcome is Outcome.DUPLICATE
+        assert copies == []
 
     def test_an_event_that_changes_access_costs_no_call_more(
         self, db: firestore.Client, registry: HandlerRegistry
