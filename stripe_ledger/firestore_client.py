@@ -33,6 +33,7 @@ from typing import Any, TypeVar, cast
 
 import google.auth.exceptions
 import grpc
+from google.api_core import datetime_helpers
 from google.api_core import exceptions as gexc
 from google.api_core.gapic_v1 import routing_header
 from google.cloud import firestore
@@ -239,6 +240,10 @@ _WRITE = write_types.Write.pb()
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 # The library functions used here that have no type annotations, typed once.
 _FROM_TIMESTAMP: Callable[[Any], datetime.datetime] = DatetimeWithNanoseconds.from_timestamp_pb
+# A timestamp field's value: the library decodes it into api_core's class, not proto's.
+_VALUE_FROM_TIMESTAMP: Callable[[Any], datetime.datetime] = (
+    datetime_helpers.DatetimeWithNanoseconds.from_timestamp_pb
+)
 _ROUTING: Callable[[tuple[tuple[str, str], ...]], tuple[str, str]] = routing_header.to_grpc_metadata
 _FROM_GRPC: Callable[[grpc.RpcError], gexc.GoogleAPICallError] = gexc.from_grpc_error
 _SENTINELS = (transforms.Sentinel, transforms._ValueList, transforms._NumericValue)
@@ -279,8 +284,9 @@ def get_documents(
     client: firestore.Client, refs: Iterable[firestore.DocumentReference]
 ) -> list[Snapshot]:
     """`client.get_all(refs)` outside any transaction: one BatchGetDocuments (see `_rpc`),
-    one snapshot per document in the order Firestore answers, decoded as the library
-    decodes, without its proto-plus conversions and without copying what was decoded."""
+    one snapshot per document in the order Firestore answers, decoded into what the library
+    decodes (`_decode`), without its proto-plus conversions and without copying what was
+    decoded."""
     by_path = {ref._document_path: ref for ref in refs}
     request = _BATCH_GET.request(database=client._database_string, documents=list(by_path))
     snapshots = []
@@ -298,7 +304,7 @@ def get_documents(
             )
             # Set after: the constructor deep-copies its data, and this decoded copy is the
             # snapshot's alone.
-            snapshot._data = _helpers.decode_dict(found.fields, client)
+            snapshot._data = _decode_map(found.fields, client)
         else:
             snapshot = Snapshot(
                 by_path[response.missing],
@@ -310,6 +316,37 @@ def get_documents(
             )
         snapshots.append(snapshot)
     return snapshots
+
+
+def _decode(value: Any, client: firestore.Client) -> Any:
+    """The Python value of the `Value` protobuf `value`, as the library decodes it: plain
+    values here, the rarer kinds (bytes, references, geo points) by the library."""
+    kind = value.WhichOneof("value_type")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "map_value":
+        return _decode_map(value.map_value.fields, client)
+    if kind == "integer_value":
+        return value.integer_value
+    if kind == "boolean_value":
+        return value.boolean_value
+    if kind == "null_value":
+        return None
+    if kind == "double_value":
+        return value.double_value
+    if kind == "array_value":
+        return [_decode(item, client) for item in value.array_value.values]
+    if kind == "timestamp_value":
+        return _VALUE_FROM_TIMESTAMP(value.timestamp_value)
+    return _helpers.decode_value(value, client)
+
+
+def _decode_map(fields: Any, client: firestore.Client) -> Any:
+    # A map with a key starting `__` may be one the library decodes into another type (a
+    # vector, a BSON value): such maps are left to it.
+    if any(key.startswith("__") for key in fields):
+        return _helpers.decode_dict(fields, client)
+    return {key: _decode(item, client) for key, item in fields.items()}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
+from google.cloud.firestore_v1.vector import Vector
 
 from stripe_ledger.config import Settings
 from stripe_ledger.errors import LedgerUnavailable
@@ -228,6 +229,40 @@ class TestGetDocuments:
             assert snapshot.create_time == library.create_time
             assert type(snapshot.read_time) is type(library.read_time)
         assert ours[found.path].to_dict() == _READ_BACK
+
+    def test_every_kind_of_value_decodes_as_the_library_decodes_it(
+        self, db: firestore.Client
+    ) -> None:
+        """Values of every kind, plain ones (decoded by the adapter) and the rest (left to the
+        library: bytes, references, geo points, vectors, maps with `__` keys), read back
+        equal to the library's and of the same types, at any depth."""
+        values: dict[str, Any] = {
+            **_DATA,
+            "reference": db.collection("c").document("elsewhere"),
+            "where": firestore.GeoPoint(48.85, 2.35),
+            "vector": Vector([1.0, 2.5]),
+            "dunder_key": {"__kept": 1, "other": [b"\x02", {"__kept_too": None}]},
+            "deep": [{"in": [{"when": _DATA["when"], "refs": [db.document("c/x")]}]}],
+        }
+        ref = db.collection("c").document("kinds")
+        ref.set(values)
+        (ours,) = get_documents(db, [ref])
+        (theirs,) = db.get_all([ref])
+
+        def same(mine: Any, library: Any, path: str) -> None:
+            assert type(mine) is type(library), path
+            if isinstance(library, dict):
+                assert mine.keys() == library.keys(), path
+                for key in library:
+                    same(mine[key], library[key], f"{path}.{key}")
+            elif isinstance(library, list):
+                assert len(mine) == len(library), path
+                for index, (a, b) in enumerate(zip(mine, library, strict=True)):
+                    same(a, b, f"{path}[{index}]")
+            else:
+                assert mine == library, path
+
+        same(ours.to_dict(), theirs.to_dict(), "")
 
 
 @pytest.mark.emulator
