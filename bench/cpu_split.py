@@ -5,7 +5,8 @@ starts, the process CPU time per operation (not wall time) of:
 
 - the raw read-then-write transaction of `make bench`'s floor (b), in this process;
 - the pipeline alone: `WebhookService.deliver` of a signed PaymentIntent event, in this
-  process, with the client and handlers `main.py` builds (no HTTP, no gunicorn);
+  process, with the client and handlers `main.py` builds (no HTTP, no gunicorn), for first
+  deliveries and for duplicates of settled events, fresh and an hour old;
 - the served function (`main.py` on functions-framework and gunicorn, as `make bench`
   serves it) and floor (a), the bare served function, measured in their own processes.
 
@@ -31,6 +32,10 @@ from bench.run import _BARE, _emulator, _raw_transaction
 from stripe_ledger.service import build_service
 
 __all__ = ["main"]
+
+_OLD = 3600
+"""Age in seconds of the events whose duplicates are measured as old ones (past
+STRIPE_REDELIVERY_AGE_SECONDS, as every Stripe retry is)."""
 
 
 def _in_process(operation: Callable[[int], None], total: int, concurrency: int) -> float:
@@ -88,12 +93,26 @@ def main(argv: list[str] | None = None) -> int:
                     def deliver(index: int, bodies: list[tuple[bytes, str]] = bodies) -> None:
                         service.deliver(*bodies[index])
 
+                    old = [_signature(signed(payment_event(_OLD))) for _ in range(args.operations)]
+                    for body, signature in old:
+                        service.deliver(body, signature)
+
+                    def old_again(index: int, old: list[tuple[bytes, str]] = old) -> None:
+                        service.deliver(*old[index])
+
                     measured = {
                         "raw transaction, in process": _in_process(
                             raw, args.operations, concurrency
                         ),
                         "pipeline (deliver), in process": _in_process(
                             deliver, args.operations, concurrency
+                        ),
+                        # The same events again: duplicates of settled fresh events.
+                        "fresh duplicate, in process": _in_process(
+                            deliver, args.operations, concurrency
+                        ),
+                        "hour-old duplicate, in process": _in_process(
+                            old_again, args.operations, concurrency
                         ),
                         "served function (main.py)": _served(ours, args.operations, concurrency),
                         "floor (a), served": _served(bare, args.operations, concurrency),

@@ -145,12 +145,14 @@ class TestBenchmarkSmoke:
 @pytest.mark.e2e
 def test_cpu_split_prints_every_figure(emulator_host: str) -> None:
     """`python -m bench.cpu_split` prints the CPU per operation of the raw transaction, the
-    pipeline in process, the served function and floor (a), at concurrency 1 and 16."""
+    pipeline in process (first deliveries and duplicates), the served function and floor
+    (a), at concurrency 1 and 16."""
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert cpu_split.main(["--operations=3", "--rounds=1"]) == 0
     lines = [line.strip() for line in printed.getvalue().splitlines()]
     for concurrency in (1, 16):
         assert f"concurrency {concurrency}:" in lines
-    for name in ("raw transaction", "pipeline (deliver)", "served function", "floor (a)"):
+    names = ("raw transaction", "pipeline (deliver)", "fresh duplicate", "hour-old duplicate")
+    for name in (*names, "served function", "floor (a)"):
         assert len([line for line in lines if line.startswith(name)]) == 2, name
