@@ -40,6 +40,7 @@ from stripe_ledger.firestore_client import (
     buffer_replacement,
     buffer_update,
     fields_of,
+    get_documents,
     translated,
 )
 from stripe_ledger.outcomes import Outcome
@@ -321,7 +322,7 @@ class EventLedger:
     def read(self, event_id: str) -> Snapshot:
         """The record of `event_id` as it is now (it may not exist). Raises `LedgerUnavailable`."""
         with translated("read the event's record"):
-            snapshot: Snapshot = self.ref(event_id).get()
+            (snapshot,) = get_documents(self.db, [self.ref(event_id)])
         return snapshot
 
     def holds(self, claim: Claim) -> bool:

@@ -426,15 +426,22 @@ class TestEfficiency:
         assert deliver(db, registry, event).outcome is Outcome.DUPLICATE
         assert dict(counter.calls) == {"BatchGetDocuments": 1}
 
-    def test_a_fresh_duplicate_copies_nothing_it_read(
-        self, db: firestore.Client, registry: HandlerRegistry, monkeypatch: pytest.MonkeyPatch
+    @pytest.mark.parametrize("age", [0, 3600], ids=["fresh", "an-hour-old"])
+    def test_a_duplicate_copies_nothing_it_read(
+        self,
+        db: firestore.Client,
+        registry: HandlerRegistry,
+        monkeypatch: pytest.MonkeyPatch,
+        age: int,
     ) -> None:
-        """The record and the projection a fresh duplicate reads (its payload and Stripe's
-        object, hundreds of values each) are decoded once and judged where they are: the
-        client library's deep copies (`DocumentSnapshot(...)`, `to_dict()`) are never made."""
+        """What a duplicate reads (its record with its payload; for a fresh one also the
+        projection with Stripe's object, hundreds of values each) is decoded once and judged
+        where it is: the client library's deep copies (`DocumentSnapshot(...)`, `to_dict()`)
+        are never made."""
         metadata = {f"key{n}": {"nested": [n, str(n)]} for n in range(50)}
         intent = {"id": fresh("pi"), "object": "payment_intent", "metadata": metadata}
-        event = make_event("payment_intent.succeeded", intent)
+        created = int(time.time()) - age
+        event = make_event("payment_intent.succeeded", intent, created=created)
         assert deliver(db, registry, event).outcome is Outcome.COMPLETED
         copies: list[str] = []
         real = copy.deepcopy
