@@ -20,9 +20,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench._events import SECRET
 from stripe_ledger.emulator import free_port
 
-__all__ = ["ROOT", "FunctionProcess", "Response", "cpu_seconds", "emulator_pids", "post"]
+__all__ = [
+    "ROOT",
+    "FunctionProcess",
+    "Response",
+    "cpu_seconds",
+    "emulator_pids",
+    "function_env",
+    "post",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 _FUNCTIONS_FRAMEWORK = Path(sys.executable).parent / "functions-framework"
@@ -36,6 +45,16 @@ class Response:
     seconds: float
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def function_env(host: str, project: str) -> dict[str, str]:
+    """What a served copy runs with: the emulator at `host`, `project`, and the signing
+    secret the benchmark signs with."""
+    return {
+        "FIRESTORE_EMULATOR_HOST": host,
+        "GOOGLE_CLOUD_PROJECT": project,
+        "STRIPE_WEBHOOK_SECRET": SECRET,
+    }
 
 
 def post(

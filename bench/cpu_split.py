@@ -25,9 +25,9 @@ import time
 import uuid
 from collections.abc import Callable
 
-from bench._events import SECRET, payment_event, signed
+from bench._events import payment_event, signed
 from bench._load import closed_loop
-from bench._serve import ROOT, FunctionProcess, post
+from bench._serve import ROOT, FunctionProcess, function_env, post
 from bench.run import _BARE, _emulator, _raw_transaction
 from stripe_ledger.service import build_service
 
@@ -65,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     with _emulator() as host:
-        env = {
-            "FIRESTORE_EMULATOR_HOST": host,
-            "GOOGLE_CLOUD_PROJECT": f"bench-cpu-split-{os.getpid()}",
-            "STRIPE_WEBHOOK_SECRET": SECRET,
-        }
+        env = function_env(host, f"bench-cpu-split-{os.getpid()}")
         service = build_service({**os.environ, **env})
         db = service.db
         ours = FunctionProcess(ROOT / "main.py", "stripe_webhook", env, threads=16)

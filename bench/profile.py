@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench._events import SECRET, payment_event, signed
+from bench._events import payment_event, signed
 from bench._load import closed_loop
-from bench._serve import ROOT, FunctionProcess, post
+from bench._serve import ROOT, FunctionProcess, function_env, post
 from bench.run import _emulator
 
 __all__ = ["main", "top_entries"]
@@ -65,11 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
     with _emulator() as host:
-        env = {
-            "FIRESTORE_EMULATOR_HOST": host,
-            "GOOGLE_CLOUD_PROJECT": f"bench-profile-{os.getpid()}",
-            "STRIPE_WEBHOOK_SECRET": SECRET,
-        }
+        env = function_env(host, f"bench-profile-{os.getpid()}")
         server = FunctionProcess(ROOT / "main.py", "stripe_webhook", env, threads=16)
         server.start(lambda: signed(payment_event()))
         out = Path(tempfile.mkstemp(prefix="py-spy-", suffix=".txt")[1])

@@ -52,7 +52,6 @@ from google.cloud import firestore
 from bench import _report
 from bench._events import (
     COUNTER_EFFECTS,
-    SECRET,
     counter_event,
     payment_event,
     signed,
@@ -60,7 +59,15 @@ from bench._events import (
 )
 from bench._load import burst, closed_loop
 from bench._rpcs import RPCS_HEADER, RpcCounter, intercept
-from bench._serve import ROOT, FunctionProcess, Response, cpu_seconds, emulator_pids, post
+from bench._serve import (
+    ROOT,
+    FunctionProcess,
+    Response,
+    cpu_seconds,
+    emulator_pids,
+    function_env,
+    post,
+)
 from bench._stats import summary
 from handlers.payment_intents import PAYMENTS
 from stripe_ledger.bundle import source_files
@@ -156,12 +163,8 @@ class Benchmark:
         self.random = random.Random(config.seed)  # noqa: S311 - shuffles the order of measurements
         self.db = firestore.Client(project=self.project)
         self.floor_docs = self.db.collection("bench_floor")
-        self.env = {
-            "FIRESTORE_EMULATOR_HOST": host,
-            "GOOGLE_CLOUD_PROJECT": self.project,
-            "STRIPE_WEBHOOK_SECRET": SECRET,
-            "STRIPE_HANDLER_MODULES": "bench._counter_handler",
-        }
+        self.env = function_env(host, self.project)
+        self.env["STRIPE_HANDLER_MODULES"] = "bench._counter_handler"
         self.unexpected: Counter[str] = Counter()
         self.results: dict[str, Any] = {}
         self.samples: dict[str, list[float]] = {}
