@@ -372,12 +372,7 @@ class TestCrash:
         assert stored is not None
         assert stored["status"] == "processing"
 
-        restarted = FunctionServer(server_env(project)).start()
-        healed = dict(event, data={"object": {"id": "obj_crash"}})  # same ID; no hang this time
-        try:
-            response = restarted.deliver_until_settled(healed, attempts=200, pause=0.5)
-        finally:
-            restarted.stop()
+        response = _healed_after_restart(project, event, until_settled=True)
         assert response.json()["status"] == "completed"
         assert effects(db, event["id"]) == 1
         stored = record(db, event["id"])
@@ -397,12 +392,7 @@ class TestCrash:
         assert effects(db, event["id"]) == 0
         assert record(db, event["id"]) is None
 
-        restarted = FunctionServer(server_env(project)).start()
-        healed = dict(event, data={"object": {"id": "obj_crash"}})
-        try:
-            response = restarted.post(healed)
-        finally:
-            restarted.stop()
+        response = _healed_after_restart(project, event, until_settled=False)
         assert response.json()["status"] == "completed"
         assert effects(db, event["id"]) == 1
         stored = record(db, event["id"])
@@ -423,6 +413,21 @@ def _killed_inside_the_handler(project: str, event_type: str, tmp_path: Path) ->
         time.sleep(0.05)
     function.kill()
     return event
+
+
+def _healed_after_restart(
+    project: str, event: dict[str, Any], *, until_settled: bool
+) -> requests.Response:
+    """Restart the function and deliver `event` again, same ID, without its hang: once, or
+    (`until_settled`) as Stripe retries, until a final answer; that answer."""
+    restarted = FunctionServer(server_env(project)).start()
+    healed = dict(event, data={"object": {"id": "obj_crash"}})
+    try:
+        if until_settled:
+            return restarted.deliver_until_settled(healed, attempts=200, pause=0.5)
+        return restarted.post(healed)
+    finally:
+        restarted.stop()
 
 
 def _overlapping_runs(runs_dir: Path) -> int:
