@@ -41,6 +41,7 @@ from google.api_core.gapic_v1 import routing_header
 from google.cloud import firestore
 from google.cloud.firestore_v1 import _helpers, base_client, transforms
 from google.cloud.firestore_v1.field_path import FieldPath
+from google.cloud.firestore_v1.types import document as document_types
 from google.cloud.firestore_v1.types import firestore as firestore_types
 from google.cloud.firestore_v1.types import write as write_types
 from proto.datetime_helpers import DatetimeWithNanoseconds  # the class the library returns
@@ -285,39 +286,55 @@ def fields_of(snapshot: Snapshot) -> Mapping[str, Any]:
 def get_documents(
     client: firestore.Client, refs: Iterable[firestore.DocumentReference]
 ) -> list[Snapshot]:
-    """`client.get_all(refs)` outside any transaction: one BatchGetDocuments (see `_rpc`),
-    one snapshot per document in the order Firestore answers, decoded into what the library
-    decodes (`_decode`), without its proto-plus conversions and without copying what was
-    decoded."""
+    """`client.get_all(refs)` outside any transaction, one snapshot per document, with what
+    `_rpc` gives every call and without the library's proto-plus conversions.
+
+    One document is read with a GetDocument, a unary call, which costs gRPC's Python less
+    than the stream of a BatchGetDocuments (in the order asked, then); more with one
+    BatchGetDocuments (in the order Firestore answers). Fields are decoded into what the
+    library decodes (`_decode`), without copying what was decoded.
+    """
     by_path = {ref._document_path: ref for ref in refs}
+    if len(by_path) == 1:
+        ((path, ref),) = by_path.items()
+        try:
+            document = _rpc(client, _GET)(_GET.request(name=path))
+        except gexc.NotFound:
+            return [_missing(ref, None)]
+        return [_found(ref, document, None, client)]
     request = _BATCH_GET.request(database=client._database_string, documents=list(by_path))
     snapshots = []
     for response in _rpc(client, _BATCH_GET)(request):
         read_time = _FROM_TIMESTAMP(response.read_time)
         if response.WhichOneof("result") == "found":
             found = response.found
-            snapshot = Snapshot(
-                by_path[found.name],
-                None,
-                exists=True,
-                read_time=read_time,
-                create_time=_FROM_TIMESTAMP(found.create_time),
-                update_time=_FROM_TIMESTAMP(found.update_time),
-            )
-            # Set after: the constructor deep-copies its data, and this decoded copy is the
-            # snapshot's alone.
-            snapshot._data = _decode_map(found.fields, client)
+            snapshots.append(_found(by_path[found.name], found, read_time, client))
         else:
-            snapshot = Snapshot(
-                by_path[response.missing],
-                None,
-                exists=False,
-                read_time=read_time,
-                create_time=None,
-                update_time=None,
-            )
-        snapshots.append(snapshot)
+            snapshots.append(_missing(by_path[response.missing], read_time))
     return snapshots
+
+
+def _missing(ref: firestore.DocumentReference, read_time: Any) -> Snapshot:
+    return Snapshot(
+        ref, None, exists=False, read_time=read_time, create_time=None, update_time=None
+    )
+
+
+def _found(
+    ref: firestore.DocumentReference, document: Any, read_time: Any, client: firestore.Client
+) -> Snapshot:
+    snapshot = Snapshot(
+        ref,
+        None,
+        exists=True,
+        read_time=read_time,
+        create_time=_FROM_TIMESTAMP(document.create_time),
+        update_time=_FROM_TIMESTAMP(document.update_time),
+    )
+    # Set after: the constructor deep-copies its data, and this decoded copy is the
+    # snapshot's alone.
+    snapshot._data = _decode_map(document.fields, client)
+    return snapshot
 
 
 def _decode(value: Any, client: firestore.Client) -> Any:
@@ -365,6 +382,12 @@ class _Method:
 
 _COMMIT = _Method(
     "commit", "Commit", firestore_types.CommitRequest.pb(), firestore_types.CommitResponse.pb()
+)
+_GET = _Method(
+    "get_document",
+    "GetDocument",
+    firestore_types.GetDocumentRequest.pb(),
+    document_types.Document.pb(),
 )
 _BATCH_GET = _Method(
     "batch_get_documents",

@@ -230,6 +230,25 @@ class TestGetDocuments:
             assert type(snapshot.read_time) is type(library.read_time)
         assert ours[found.path].to_dict() == _READ_BACK
 
+    @pytest.mark.parametrize("exists", [True, False], ids=["found", "missing"])
+    def test_one_document_is_read_with_one_unary_call(
+        self, db: firestore.Client, exists: bool
+    ) -> None:
+        """One document: one GetDocument (unary, so no stream for gRPC to hand over between
+        threads); its snapshot equals `get()`'s in data, existence and times, but has no
+        read time (GetDocument gives none)."""
+        ref = db.collection("c").document(f"one-{exists}")
+        if exists:
+            create_document(ref, _DATA)
+        counter = count_rpcs(db)
+        (ours,) = get_documents(db, [ref, ref])
+        assert dict(counter.calls) == {"GetDocument": 1}
+        library = ref.get()
+        assert ours.exists is library.exists is exists
+        assert ours.to_dict() == library.to_dict()
+        assert (ours.create_time, ours.update_time) == (library.create_time, library.update_time)
+        assert ours.read_time is None
+
     def test_every_kind_of_value_decodes_as_the_library_decodes_it(
         self, db: firestore.Client
     ) -> None:

@@ -255,7 +255,7 @@ class TestEnqueue:
 class TestCost:
     def test_a_task_costs_three_calls_and_no_task_costs_none(self, w: World) -> None:
         """On the wire, an event whose handler enqueues one task makes three more Firestore
-        calls than one that enqueues none: the task's read (a BatchGetDocuments without a
+        calls than one that enqueues none: the task's read (a GetDocument without a
         lock: no transaction begins), the run's claim and its result (two Commits). Handlers
         that enqueue nothing pay nothing: their event's commit needs no transaction, and it
         is the claim too (one Commit in all)."""
@@ -270,7 +270,7 @@ class TestCost:
         counter.reset()
         w.deliver(event({"key": "cost"}))
         assert plain_calls == {"Commit": 1}
-        assert dict(counter.calls) == {"Commit": 3, "BatchGetDocuments": 1}
+        assert dict(counter.calls) == {"Commit": 3, "GetDocument": 1}
 
 
 class TestConcurrentDeliveries:
