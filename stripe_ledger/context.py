@@ -133,7 +133,6 @@ class Edits:
 
     def __init__(self) -> None:
         self._read: dict[str, Snapshot] = {}
-        self._stored: dict[str, Mapping[str, Any]] = {}
         self._documents: dict[str, tuple[firestore.DocumentReference, dict[str, Any]]] = {}
 
     def read(self, db: firestore.Client, refs: list[firestore.DocumentReference]) -> None:
@@ -143,7 +142,6 @@ class Edits:
             with translated("read documents to edit"):
                 for snapshot in get_documents(db, missing):
                     self._read[snapshot.reference.path] = snapshot
-                    self._stored[snapshot.reference.path] = fields_of(snapshot)
 
     def snapshot(self, ref: firestore.DocumentReference) -> Snapshot | None:
         """`ref` as read, or None when it was not read."""
@@ -156,7 +154,7 @@ class Edits:
             snapshot = self._read.get(ref.path)
             if snapshot is None:
                 raise NotDeclared(f"{ref.path} is edited but no edits= declared it")
-            held = (ref, copy.deepcopy(dict(self._stored[ref.path])))
+            held = (ref, copy.deepcopy(dict(fields_of(snapshot))))
             self._documents[ref.path] = held
         return held[1]
 
@@ -166,7 +164,7 @@ class Edits:
         written = []
         for path, (ref, document) in self._documents.items():
             snapshot = self._read[path]
-            if document == self._stored[path]:
+            if document == fields_of(snapshot):
                 continue
             written.append(ref)
             update_time = snapshot.update_time if snapshot.exists else None

@@ -291,8 +291,10 @@ def get_documents(
 
     One document is read with a GetDocument, a unary call, which costs gRPC's Python less
     than the stream of a BatchGetDocuments (in the order asked, then); more with one
-    BatchGetDocuments (in the order Firestore answers). Fields are decoded into what the
-    library decodes (`_decode`), without copying what was decoded.
+    BatchGetDocuments (in the order Firestore answers). A snapshot decodes its fields into
+    what the library decodes (`_decode`) when they are first asked for, never copying them
+    (`_Read`): a document read and never looked at costs no more (a fresh duplicate's
+    projection, read along with its record).
     """
     by_path = {ref._document_path: ref for ref in refs}
     if len(by_path) == 1:
@@ -301,14 +303,14 @@ def get_documents(
             document = _rpc(client, _GET)(_GET.request(name=path))
         except gexc.NotFound:
             return [_missing(ref, None)]
-        return [_found(ref, document, None, client)]
+        return [_Read(ref, document, None)]
     request = _BATCH_GET.request(database=client._database_string, documents=list(by_path))
-    snapshots = []
+    snapshots: list[Snapshot] = []
     for response in _rpc(client, _BATCH_GET)(request):
         read_time = _FROM_TIMESTAMP(response.read_time)
         if response.WhichOneof("result") == "found":
             found = response.found
-            snapshots.append(_found(by_path[found.name], found, read_time, client))
+            snapshots.append(_Read(by_path[found.name], found, read_time))
         else:
             snapshots.append(_missing(by_path[response.missing], read_time))
     return snapshots
@@ -320,21 +322,34 @@ def _missing(ref: firestore.DocumentReference, read_time: Any) -> Snapshot:
     )
 
 
-def _found(
-    ref: firestore.DocumentReference, document: Any, read_time: Any, client: firestore.Client
-) -> Snapshot:
-    snapshot = Snapshot(
-        ref,
-        None,
-        exists=True,
-        read_time=read_time,
-        create_time=_FROM_TIMESTAMP(document.create_time),
-        update_time=_FROM_TIMESTAMP(document.update_time),
-    )
-    # Set after: the constructor deep-copies its data, and this decoded copy is the
-    # snapshot's alone.
-    snapshot._data = _decode_map(document.fields, client)
-    return snapshot
+class _Read(Snapshot):
+    """A document `get_documents` found: the library's snapshot, whose fields are decoded
+    from the `Document` protobuf when first asked for (`_decode_map`), once, and never
+    copied."""
+
+    _decoded: dict[str, Any] | None
+
+    def __init__(self, ref: firestore.DocumentReference, document: Any, read_time: Any) -> None:
+        super().__init__(
+            ref,
+            None,
+            exists=True,
+            read_time=read_time,
+            create_time=_FROM_TIMESTAMP(document.create_time),
+            update_time=_FROM_TIMESTAMP(document.update_time),
+        )
+        self._fields: Any = document.fields
+
+    @property
+    def _data(self) -> dict[str, Any] | None:
+        if self._fields is not None:
+            decoded = _decode_map(self._fields, self._reference._client)
+            self._decoded, self._fields = cast("dict[str, Any]", decoded), None
+        return self._decoded
+
+    @_data.setter
+    def _data(self, value: dict[str, Any] | None) -> None:  # the constructor's: None
+        self._decoded, self._fields = value, None
 
 
 def _decode(value: Any, client: firestore.Client) -> Any:

@@ -17,6 +17,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 from google.cloud.firestore_v1.vector import Vector
 
+from stripe_ledger import firestore_client
 from stripe_ledger.config import Settings
 from stripe_ledger.errors import LedgerUnavailable
 from stripe_ledger.firestore_client import (
@@ -25,6 +26,7 @@ from stripe_ledger.firestore_client import (
     buffer_update,
     commit_writes,
     create_document,
+    fields_of,
     get_documents,
     read_through,
     run_transaction,
@@ -248,6 +250,29 @@ class TestGetDocuments:
         assert ours.to_dict() == library.to_dict()
         assert (ours.create_time, ours.update_time) == (library.create_time, library.update_time)
         assert ours.read_time is None
+
+    def test_fields_are_decoded_when_first_asked_for(
+        self, db: firestore.Client, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A snapshot decodes its fields on the first `to_dict()`/`get()`/`fields_of`, once;
+        one never looked at is never decoded."""
+        looked_at, ignored = db.collection("c").document("seen"), db.collection("c").document("not")
+        create_document(looked_at, {"name": "seen"})
+        create_document(ignored, {"name": "not"})
+        decoded: list[Any] = []
+        real = firestore_client._decode_map
+
+        def counted(fields: Any, client: firestore.Client) -> Any:
+            decoded.append(fields["name"].string_value)
+            return real(fields, client)
+
+        monkeypatch.setattr(firestore_client, "_decode_map", counted)
+        snapshots = {s.reference.path: s for s in get_documents(db, [looked_at, ignored])}
+        assert decoded == []
+        seen = snapshots[looked_at.path]
+        assert seen.get("name") == "seen"
+        assert seen.to_dict() == fields_of(seen) == {"name": "seen"}
+        assert decoded == ["seen"]
 
     def test_every_kind_of_value_decodes_as_the_library_decodes_it(
         self, db: firestore.Client

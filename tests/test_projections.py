@@ -20,6 +20,7 @@ from google.cloud import firestore
 
 import handlers
 from handlers.customers import CUSTOMERS
+from stripe_ledger import firestore_client
 from stripe_ledger.config import Settings
 from stripe_ledger.context import HandlerContext
 from stripe_ledger.errors import LedgerUnavailable
@@ -454,6 +455,28 @@ class TestEfficiency:
         monkeypatch.setattr(copy, "deepcopy", counted)
         assert deliver(db, registry, event).outcome is Outcome.DUPLICATE
         assert copies == []
+
+    def test_a_fresh_duplicate_never_decodes_the_projection_it_read(
+        self, db: firestore.Client, registry: HandlerRegistry, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A fresh duplicate reads the projection along with its record, in its one call, and
+        is judged from the record alone: Stripe's object in the projection, hundreds of values,
+        is never decoded."""
+        metadata = {f"key{n}": {"nested": [n, str(n)]} for n in range(50)}
+        intent = {"id": fresh("pi"), "object": "payment_intent", "metadata": metadata}
+        event = make_event("payment_intent.succeeded", intent)
+        assert deliver(db, registry, event).outcome is Outcome.COMPLETED
+        decoded: list[set[str]] = []
+        real = firestore_client._decode_map
+
+        def counted(fields: Any, client: firestore.Client) -> Any:
+            decoded.append(set(fields))
+            return real(fields, client)
+
+        monkeypatch.setattr(firestore_client, "_decode_map", counted)
+        assert deliver(db, registry, event).outcome is Outcome.DUPLICATE
+        assert any("status" in keys for keys in decoded)  # the record
+        assert not any("key0" in keys or "object" in keys for keys in decoded)
 
     def test_an_event_that_changes_access_costs_no_call_more(
         self, db: firestore.Client, registry: HandlerRegistry
