@@ -376,9 +376,9 @@ def _decode(value: Any, client: firestore.Client) -> Any:
 
 
 def _decode_map(fields: Any, client: firestore.Client) -> Any:
-    # A map with a key starting `__` may be one the library decodes into another type (a
-    # vector, a BSON value): such maps are left to it.
-    if any(key.startswith("__") for key in fields):
+    # The maps the library decodes into other types are left to it: a vector's map has a
+    # `__type__` key, a BSON value's has one key only, starting `__` (`BSONType._from_dict`).
+    if "__type__" in fields or (len(fields) == 1 and next(iter(fields)).startswith("__")):
         return _helpers.decode_dict(fields, client)
     return {key: _decode(item, client) for key, item in fields.items()}
 

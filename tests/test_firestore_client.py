@@ -15,6 +15,7 @@ from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
+from google.cloud.firestore_v1 import _helpers
 from google.cloud.firestore_v1.vector import Vector
 
 from stripe_ledger import firestore_client
@@ -286,6 +287,7 @@ class TestGetDocuments:
             "where": firestore.GeoPoint(48.85, 2.35),
             "vector": Vector([1.0, 2.5]),
             "dunder_key": {"__kept": 1, "other": [b"\x02", {"__kept_too": None}]},
+            "one_dunder_key": {"__kept": {"in": 1}},
             "deep": [{"in": [{"when": _DATA["when"], "refs": [db.document("c/x")]}]}],
         }
         ref = db.collection("c").document("kinds")
@@ -307,6 +309,25 @@ class TestGetDocuments:
                 assert mine == library, path
 
         same(ours.to_dict(), theirs.to_dict(), "")
+
+    def test_maps_the_library_decodes_into_types_are_left_to_it(self, db: firestore.Client) -> None:
+        """A map of one key starting `__` is how a BSON value travels, and a map with a
+        `__type__` key may be a vector; the emulator stores neither kind, so their protobufs
+        are decoded here: as the library decodes them, into the same types."""
+        maps: list[dict[str, Any]] = [
+            {"__oid__": "507f1f77bcf86cd799439011"},
+            {"__int__": 7},
+            {"__min__": None},
+            {"__type__": "__vector__", "value": [1.0, 2.0]},
+            {"__type__": "not a vector", "value": [1.0]},
+            {"__unknown__": 1},
+        ]
+        for value in maps:
+            fields = {key: item._pb for key, item in _helpers.encode_dict({"in": value}).items()}
+            ours = firestore_client._decode_map(fields, db)
+            theirs: Any = _helpers.decode_dict(fields, db)
+            assert ours == theirs, value
+            assert type(ours["in"]) is type(theirs["in"]), value
 
 
 @pytest.mark.emulator
