@@ -386,13 +386,15 @@ def _decode_map(fields: Any, client: firestore.Client) -> Any:
 @dataclass(frozen=True)
 class _Method:
     """A Firestore RPC called with plain protobufs: its name in the generated transport and
-    on the wire, its request and response types, and whether it answers with a stream."""
+    on the wire, its request and response types, whether it answers with a stream, and the
+    request field its routing header names (as the generated client's)."""
 
     name: str
     wire_name: str
     request: Any
     response: Any
     streams: bool = False
+    routed_by: str = "database"
 
 
 _COMMIT = _Method(
@@ -403,6 +405,7 @@ _GET = _Method(
     "GetDocument",
     firestore_types.GetDocumentRequest.pb(),
     document_types.Document.pb(),
+    routed_by="name",
 )
 _BATCH_GET = _Method(
     "batch_get_documents",
@@ -434,15 +437,17 @@ def _rpc(client: firestore.Client, method: _Method) -> Callable[[Any], Any]:
         request_serializer=method.request.SerializeToString,
         response_deserializer=method.response.FromString,
     )
-    metadata = (
-        *client._rpc_metadata,
-        *wrapped._default_metadata,
-        _ROUTING((("database", client._database_string),)),
-    )
+    common = (*client._rpc_metadata, *wrapped._default_metadata)
+    database = (*common, _ROUTING((("database", client._database_string),)))
     seconds, retry = wrapped._timeout, wrapped._retry
 
     def call(request: Any) -> Any:
         deadline = None if seconds is None else time.monotonic() + seconds
+        field = method.routed_by
+        if field == "database":
+            metadata = database
+        else:
+            metadata = (*common, _ROUTING(((field, getattr(request, field)),)))
 
         def attempt() -> Any:
             # Each attempt gets what is left of the call's time, as the library's do.

@@ -205,18 +205,24 @@ def count_rpcs(db: firestore.Client, counter: RpcCounter | None = None) -> RpcCo
 
 class RpcRecorder(RpcCounter):
     """An `RpcCounter` that also keeps every request (as the protobuf sent, whether the
-    library or the adapter built it), to look inside them."""
+    library or the adapter built it) and its metadata, to look inside them."""
 
     def __init__(self) -> None:
         super().__init__()
         self.requests: list[tuple[str, Any]] = []
+        self.metadata: list[tuple[str, frozenset[tuple[str, str]]]] = []
+
+    def _record(self, details: Any, request: Any) -> None:
+        method = details.method.rsplit("/", 1)[-1]
+        self.requests.append((method, getattr(request, "_pb", request)))
+        self.metadata.append((method, frozenset(details.metadata or ())))
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.requests.append((details.method.rsplit("/", 1)[-1], getattr(request, "_pb", request)))
+        self._record(details, request)
         return super().intercept_unary_unary(continuation, details, request)
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.requests.append((details.method.rsplit("/", 1)[-1], getattr(request, "_pb", request)))
+        self._record(details, request)
         return super().intercept_unary_stream(continuation, details, request)
 
     def written(self) -> list[str]:

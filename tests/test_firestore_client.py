@@ -36,7 +36,14 @@ from stripe_ledger.ledger import EventLedger, Status
 from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import HandlerRegistry
 from stripe_ledger.verify import parse_event
-from tests.support import SECRET, InjectedRpcError, RpcCounter, count_rpcs, make_event
+from tests.support import (
+    SECRET,
+    InjectedRpcError,
+    RpcCounter,
+    count_rpcs,
+    make_event,
+    record_rpcs,
+)
 
 
 def test_unreachable_firestore_is_unavailable_within_the_bound(
@@ -251,6 +258,34 @@ class TestGetDocuments:
         assert ours.to_dict() == library.to_dict()
         assert (ours.create_time, ours.update_time) == (library.create_time, library.update_time)
         assert ours.read_time is None
+
+    def test_every_call_carries_the_metadata_the_generated_client_sends(
+        self, db: firestore.Client
+    ) -> None:
+        """GetDocument, BatchGetDocuments and Commit, sent by the adapter, carry the headers
+        the generated client sends for the same request (its routing header names the
+        document for a GetDocument, the database for the others)."""
+        ref, other = db.collection("c").document("meta"), db.collection("c").document("other")
+        recorder = record_rpcs(db)
+        create_document(ref, {"a": 1})
+        get_documents(db, [ref])
+        get_documents(db, [ref, other])
+        ours = dict(recorder.metadata)
+        recorder.metadata.clear()
+        api, prefix = db._firestore_api, db._rpc_metadata
+        api.get_document(request={"name": ref._document_path}, metadata=prefix)
+        documents = [ref._document_path, other._document_path]
+        list(
+            api.batch_get_documents(
+                request={"database": db._database_string, "documents": documents},
+                metadata=prefix,
+            )
+        )
+        api.commit(request={"database": db._database_string, "writes": []}, metadata=prefix)
+        theirs = dict(recorder.metadata)
+        assert ours.keys() == theirs.keys() == {"GetDocument", "BatchGetDocuments", "Commit"}
+        for method, headers in theirs.items():
+            assert ours[method] == headers, method
 
     def test_fields_are_decoded_when_first_asked_for(
         self, db: firestore.Client, monkeypatch: pytest.MonkeyPatch
