@@ -43,13 +43,19 @@ def env(project: str, **overrides: str) -> dict[str, str]:
     }
 
 
+_KINDS = ["payment_intent.succeeded", "customer.updated", "invoice.paid", "x.unhandled"]
+
+
+def mixed_event(n: int) -> dict[str, Any]:
+    """The `n`th of a mix of projected and unprojected events, about an object of its own."""
+    return make_event(
+        _KINDS[n % len(_KINDS)], {"id": f"obj_{uuid.uuid4().hex[:16]}", "status": "open"}
+    )
+
+
 def mixed_events(count: int) -> list[dict[str, Any]]:
-    """Events of projected and unprojected types, each about its own object."""
-    kinds = ["payment_intent.succeeded", "customer.updated", "invoice.paid", "x.unhandled"]
-    return [
-        make_event(kinds[n % len(kinds)], {"id": f"obj_{uuid.uuid4().hex[:16]}", "status": "open"})
-        for n in range(count)
-    ]
+    """`count` events of the mix (`mixed_event`)."""
+    return [mixed_event(n) for n in range(count)]
 
 
 def assert_each_applied_once(db: firestore.Client, events: list[dict[str, Any]]) -> None:
@@ -72,12 +78,24 @@ def test_firestore_cut_mid_load(
 ) -> None:
     """Firestore becomes unreachable in the middle of a load (a TCP proxy between the function
     and the emulator is cut): deliveries are answered 503 within the documented bound, never
-    200 without a commit; once it is back, redelivery completes every event exactly once."""
+    200 without a commit; once it is back, redelivery completes every event exactly once.
+    The load (16 senders, at least 240 events) lasts until the cut is over, however fast the
+    machine."""
     server = FunctionServer(env(project, FIRESTORE_EMULATOR_HOST=proxy.address), threads=16)
     server.start()
-    events = mixed_events(240)
+    events: list[dict[str, Any]] = []
     first_pass = Deliveries()
     cut_window: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def send_until_the_cut_is_over() -> None:
+        while True:
+            with lock:
+                if "end" in cut_window and len(events) >= 240:
+                    return
+                event = mixed_event(len(events))
+                events.append(event)
+            first_pass.add(post(server.url, event))
 
     def cut_after_a_while() -> None:
         time.sleep(1.0)
@@ -90,8 +108,7 @@ def test_firestore_cut_mid_load(
     cutter.start()
     try:
         with ThreadPoolExecutor(max_workers=16) as pool:
-            for answer in pool.map(lambda e: post(server.url, e), events):
-                first_pass.add(answer)
+            list(pool.map(lambda _: send_until_the_cut_is_over(), range(16)))
         cutter.join()
         # Before any redelivery: every event answered 200 is committed.
         accepted = {a.event_id for a in first_pass.answers if a.status == 200}
