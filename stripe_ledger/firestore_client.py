@@ -14,9 +14,9 @@ Every Firestore call of the ledger, the outbox and the handlers' reads goes thro
 Three costs of the library are avoided here too: `run_transaction` begins a transaction only
 when something reads through it, `buffer_replacement` and `buffer_update` encode a written
 document straight into its protobuf, and `commit_writes` and `get_documents` send a delivery's
-RPCs without converting them to proto-plus and back; `get_documents` also decodes plain
-values itself and hands them to the snapshot without the library's deep copies, which
-`fields_of` reads (docs/scaling.md, "Where the CPU goes").
+RPCs without converting them to proto-plus and back (one document with a unary GetDocument);
+`get_documents` also decodes plain values itself, when they are first asked for, without the
+library's deep copies, and `fields_of` reads them (docs/scaling.md, "Where the CPU goes").
 
 Over 400 lines on purpose: one job, the adapter. Every internal of google-cloud-firestore
 the project relies on is here and nowhere else, so an upgrade of the library is checked
