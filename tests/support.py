@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import pytest
 import requests
 import stripe
 from google.cloud import firestore
@@ -240,6 +241,22 @@ def record_rpcs(db: firestore.Client) -> RpcRecorder:
     recorder = RpcRecorder()
     count_rpcs(db, recorder)
     return recorder
+
+
+def record_decoding(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every protobuf map of values the adapter decodes from now on (nested ones too), in
+    order: what a read cost in decoding."""
+    from stripe_ledger import firestore_client
+
+    decoded: list[Any] = []
+    real = firestore_client._decode_map
+
+    def recording(fields: Any, client: firestore.Client) -> Any:
+        decoded.append(fields)
+        return real(fields, client)
+
+    monkeypatch.setattr(firestore_client, "_decode_map", recording)
+    return decoded
 
 
 class FunctionServer:

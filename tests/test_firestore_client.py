@@ -42,6 +42,7 @@ from tests.support import (
     RpcCounter,
     count_rpcs,
     make_event,
+    record_decoding,
     record_rpcs,
 )
 
@@ -295,20 +296,13 @@ class TestGetDocuments:
         looked_at, ignored = db.collection("c").document("seen"), db.collection("c").document("not")
         create_document(looked_at, {"name": "seen"})
         create_document(ignored, {"name": "not"})
-        decoded: list[Any] = []
-        real = firestore_client._decode_map
-
-        def counted(fields: Any, client: firestore.Client) -> Any:
-            decoded.append(fields["name"].string_value)
-            return real(fields, client)
-
-        monkeypatch.setattr(firestore_client, "_decode_map", counted)
+        decoded = record_decoding(monkeypatch)
         snapshots = {s.reference.path: s for s in get_documents(db, [looked_at, ignored])}
         assert decoded == []
         seen = snapshots[looked_at.path]
         assert seen.get("name") == "seen"
         assert seen.to_dict() == fields_of(seen) == {"name": "seen"}
-        assert decoded == ["seen"]
+        assert [fields["name"].string_value for fields in decoded] == ["seen"]
 
     def test_every_kind_of_value_decodes_as_the_library_decodes_it(
         self, db: firestore.Client

@@ -20,7 +20,6 @@ from google.cloud import firestore
 
 import handlers
 from handlers.customers import CUSTOMERS
-from stripe_ledger import firestore_client
 from stripe_ledger.config import Settings
 from stripe_ledger.context import HandlerContext
 from stripe_ledger.errors import LedgerUnavailable
@@ -29,7 +28,14 @@ from stripe_ledger.outcomes import Delivery, Outcome
 from stripe_ledger.pipeline import process_event
 from stripe_ledger.registry import HandlerRegistry, Registration, import_handler_modules
 from stripe_ledger.verify import parse_event
-from tests.support import SECRET, count_rpcs, ledger_record, make_event, record_rpcs
+from tests.support import (
+    SECRET,
+    count_rpcs,
+    ledger_record,
+    make_event,
+    record_decoding,
+    record_rpcs,
+)
 
 pytestmark = pytest.mark.emulator
 
@@ -466,17 +472,10 @@ class TestEfficiency:
         intent = {"id": fresh("pi"), "object": "payment_intent", "metadata": metadata}
         event = make_event("payment_intent.succeeded", intent)
         assert deliver(db, registry, event).outcome is Outcome.COMPLETED
-        decoded: list[set[str]] = []
-        real = firestore_client._decode_map
-
-        def counted(fields: Any, client: firestore.Client) -> Any:
-            decoded.append(set(fields))
-            return real(fields, client)
-
-        monkeypatch.setattr(firestore_client, "_decode_map", counted)
+        decoded = record_decoding(monkeypatch)
         assert deliver(db, registry, event).outcome is Outcome.DUPLICATE
-        assert any("status" in keys for keys in decoded)  # the record
-        assert not any("key0" in keys or "object" in keys for keys in decoded)
+        assert any("status" in fields for fields in decoded)  # the record
+        assert not any("key0" in fields or "object" in fields for fields in decoded)
 
     def test_an_event_that_changes_access_costs_no_call_more(
         self, db: firestore.Client, registry: HandlerRegistry
