@@ -438,16 +438,12 @@ def _rpc(client: firestore.Client, method: _Method) -> Callable[[Any], Any]:
         response_deserializer=method.response.FromString,
     )
     common = (*client._rpc_metadata, *wrapped._default_metadata)
-    database = (*common, _ROUTING((("database", client._database_string),)))
+    field = method.routed_by
     seconds, retry = wrapped._timeout, wrapped._retry
 
     def call(request: Any) -> Any:
         deadline = None if seconds is None else time.monotonic() + seconds
-        field = method.routed_by
-        if field == "database":
-            metadata = database
-        else:
-            metadata = (*common, _ROUTING(((field, getattr(request, field)),)))
+        metadata = (*common, _ROUTING(((field, getattr(request, field)),)))
 
         def attempt() -> Any:
             # Each attempt gets what is left of the call's time, as the library's do.
