@@ -260,6 +260,27 @@ class TestGetDocuments:
         assert (ours.create_time, ours.update_time) == (library.create_time, library.update_time)
         assert ours.read_time is None
 
+    def test_a_missing_document_is_an_answer_not_an_error(
+        self, db: firestore.Client, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """GetDocument's NOT_FOUND for a missing document becomes a missing snapshot without
+        the library's conversion of a gRPC error (which parses the status and raises through
+        the retry: more CPU than the read); every other error is still converted."""
+        converted: list[grpc.RpcError] = []
+        real = firestore_client._FROM_GRPC
+
+        def converting(error: grpc.RpcError) -> gexc.GoogleAPICallError:
+            converted.append(error)
+            return real(error)
+
+        monkeypatch.setattr(firestore_client, "_FROM_GRPC", converting)
+        (missing,) = get_documents(db, [db.collection("c").document("never-written")])
+        assert not missing.exists
+        assert converted == []
+        with pytest.raises(gexc.InvalidArgument):  # an error that is not NOT_FOUND
+            get_documents(db, [db.collection("c").document("__reserved__")])
+        assert [error.code() for error in converted] == [grpc.StatusCode.INVALID_ARGUMENT]
+
     def test_every_call_carries_the_metadata_the_generated_client_sends(
         self, db: firestore.Client
     ) -> None:
