@@ -31,6 +31,7 @@ __all__ = [
     "emulator_pids",
     "function_env",
     "post",
+    "waits",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +88,21 @@ def cpu_seconds(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def waits(pids: list[int]) -> int:
+    """Voluntary context switches so far of the threads the processes `pids` have now: each
+    is a thread that blocked (on a lock, the GIL, a socket) and was switched out. Threads
+    that ended are no longer counted (the served function's pool threads live as long as
+    its worker)."""
+    total = 0
+    for pid in pids:
+        for status in Path(f"/proc/{pid}/task").glob("*/status"):
+            with contextlib.suppress(OSError):
+                for line in status.read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+    return total
 
 
 def emulator_pids(host: str) -> list[int]:
@@ -208,6 +224,11 @@ class FunctionProcess:
     def cpu_seconds(self) -> float:
         """CPU time the arbiter and its workers have used so far."""
         return cpu_seconds(self.pids())
+
+    def waits(self) -> int:
+        """Voluntary context switches the arbiter's and its workers' threads have made so far
+        (`waits`)."""
+        return waits(self.pids())
 
     def memory(self, *, pss: bool = True) -> dict[str, int]:
         """Bytes now: `rss` (summed), `pss` (shared pages split; 0 unless `pss`, whose

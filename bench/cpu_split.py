@@ -12,13 +12,17 @@ starts, the process CPU time per operation (not wall time) of:
 
 Each at concurrency 1 and 16, in alternating rounds, so that `make bench`'s ratio (served
 CPU per first delivery against the raw transaction's) can be read as the pipeline's own
-ratio plus what serving HTTP costs. docs/scaling.md quotes a run.
+ratio plus what serving HTTP costs. Beside each figure, the voluntary context switches per
+operation (a thread blocking on a lock, the GIL or a socket, and switched out): what
+serving adds beyond the pipeline's own CPU is mostly these, each costing the kernel a
+switch (docs/scaling.md, "The served remainder"). docs/scaling.md quotes a run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -38,19 +42,27 @@ _OLD = 3600
 STRIPE_REDELIVERY_AGE_SECONDS, as every Stripe retry is)."""
 
 
-def _in_process(operation: Callable[[int], None], total: int, concurrency: int) -> float:
-    """Milliseconds of this process's CPU per operation over a closed loop."""
-    began = time.process_time()
+Figure = tuple[float, float]
+"""Milliseconds of CPU and voluntary context switches, per operation."""
+
+
+def _in_process(operation: Callable[[int], None], total: int, concurrency: int) -> Figure:
+    """This process's CPU and voluntary context switches per operation over a closed loop
+    (its threads' switches counted by the kernel, those of threads that ended included)."""
+    began, switched = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
     loop = closed_loop(operation, total, concurrency)
-    return 1000 * (time.process_time() - began) / loop.total
+    switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - switched
+    return 1000 * (time.process_time() - began) / loop.total, switches / loop.total
 
 
-def _served(server: FunctionProcess, total: int, concurrency: int) -> float:
-    """Milliseconds of the server's CPU per first delivery over a closed loop."""
+def _served(server: FunctionProcess, total: int, concurrency: int) -> Figure:
+    """The server's CPU and voluntary context switches per first delivery over a closed
+    loop."""
     bodies = [signed(payment_event()) for _ in range(total)]
-    before = server.cpu_seconds()
+    before, switched = server.cpu_seconds(), server.waits()
     loop = closed_loop(lambda index: _post_ok(server, *bodies[index]), total, concurrency)
-    return 1000 * (server.cpu_seconds() - before) / loop.total
+    switches = server.waits() - switched
+    return 1000 * (server.cpu_seconds() - before) / loop.total, switches / loop.total
 
 
 def _post_ok(server: FunctionProcess, body: bytes, headers: dict[str, str]) -> None:
@@ -70,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         db = service.db
         ours = FunctionProcess(ROOT / "main.py", "stripe_webhook", env, threads=16)
         bare = FunctionProcess(_BARE, "bare", env, threads=16)
-        figures: dict[str, list[float]] = {}
+        figures: dict[str, list[Figure]] = {}
         try:
             for server in (ours, bare):
                 server.start(lambda: signed(payment_event()))
@@ -119,17 +131,26 @@ def main(argv: list[str] | None = None) -> int:
             for server in (ours, bare):
                 server.stop()
                 server.remove_log()
-    print(f"CPU ms per operation, median of {args.rounds} rounds of {args.operations}:")
+    print(
+        f"CPU ms and voluntary context switches per operation, median of {args.rounds} rounds"
+        f" of {args.operations}:"
+    )
     for concurrency in (1, 16):
         row = {
-            name.split(" ", 1)[1]: statistics.median(values)
+            name.split(" ", 1)[1]: (
+                statistics.median(cpu for cpu, _ in values),
+                statistics.median(switches for _, switches in values),
+            )
             for name, values in figures.items()
             if name.startswith(f"c{concurrency} ")
         }
-        floor_b = row["raw transaction, in process"]
+        floor_b = row["raw transaction, in process"][0]
         print(f"  concurrency {concurrency}:")
-        for name, value in row.items():
-            print(f"    {name:34s} {value:6.2f}  ({value / floor_b:.2f}x the raw transaction)")
+        for name, (cpu, switches) in row.items():
+            print(
+                f"    {name:34s} {cpu:6.2f}  ({cpu / floor_b:.2f}x the raw transaction)"
+                f"  {switches:5.1f} switches"
+            )
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,9 +145,9 @@ class TestBenchmarkSmoke:
 @pytest.mark.emulator
 @pytest.mark.e2e
 def test_cpu_split_prints_every_figure(emulator_host: str) -> None:
-    """`python -m bench.cpu_split` prints the CPU per operation of the raw transaction, the
-    pipeline in process (first deliveries and duplicates), the served function and floor
-    (a), at concurrency 1 and 16."""
+    """`python -m bench.cpu_split` prints the CPU and the voluntary context switches per
+    operation of the raw transaction, the pipeline in process (first deliveries and
+    duplicates), the served function and floor (a), at concurrency 1 and 16."""
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert cpu_split.main(["--operations=3", "--rounds=1"]) == 0
@@ -155,4 +156,6 @@ def test_cpu_split_prints_every_figure(emulator_host: str) -> None:
         assert f"concurrency {concurrency}:" in lines
     names = ("raw transaction", "pipeline (deliver)", "fresh duplicate", "hour-old duplicate")
     for name in (*names, "served function", "floor (a)"):
-        assert len([line for line in lines if line.startswith(name)]) == 2, name
+        printed_lines = [line for line in lines if line.startswith(name)]
+        assert len(printed_lines) == 2, name
+        assert all(re.search(r"\b\d+\.\d switches$", line) for line in printed_lines), name
