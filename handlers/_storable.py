@@ -106,18 +106,32 @@ def _storable(value: Any, depth: int, path: str, adapted: list[str], in_array: b
         stored = {}
         for key, item in value.items():
             key = str(key)
-            inner = f"{path}.{key}" if path else key
-            if not key or _RESERVED_KEY.match(key):
+            inner = None
+            if not key or (key.startswith("__") and _RESERVED_KEY.match(key)):
+                inner = f"{path}.{key}" if path else key
                 adapted.append(inner)
                 key = f"{key}~"
-            stored[key] = _storable(item, depth + 1, inner, adapted)
+            if _plain(item):  # most values: no call, and no path built for them
+                stored[key] = item
+            else:
+                inner = inner or (f"{path}.{key}" if path else key)
+                stored[key] = _storable(item, depth + 1, inner, adapted)
         return stored
     if isinstance(value, list):
-        return [_storable(item, depth + 1, path, adapted, in_array=True) for item in value]
+        return [
+            item if _plain(item) else _storable(item, depth + 1, path, adapted, in_array=True)
+            for item in value
+        ]
     if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
         adapted.append(path)
         return str(value)
     return value
+
+
+def _plain(value: Any) -> bool:
+    """Whether `value` is stored as it is (`_storable` returns it unchanged)."""
+    kind = type(value)
+    return kind in _AS_IS or (kind is int and -(2**63) <= value < 2**63)
 
 
 def _too_large(document: Mapping[str, Any]) -> bool:
