@@ -114,7 +114,8 @@ def _storable(value: Any, depth: int, path: str, adapted: list[str], in_array: b
             if _plain(item):  # most values: no call, and no path built for them
                 stored[key] = item
             else:
-                inner = inner or (f"{path}.{key}" if path else key)
+                if inner is None:
+                    inner = f"{path}.{key}" if path else key
                 stored[key] = _storable(item, depth + 1, inner, adapted)
         return stored
     if isinstance(value, list):

@@ -206,6 +206,19 @@ class TestStorable:
             "n": 1,
         }
 
+    def test_each_adapted_path_names_the_keys_as_received(self) -> None:
+        """`object_adapted` names a renamed key and the keys under it by their original
+        names, an empty key at the top of the document included."""
+        stored = storable_document({"": {"__x__": 1}, "object": {"": {"__y__": [{"__z__": 2}]}}})
+        assert stored["object_adapted"] == [
+            "",
+            "__x__",
+            "object.",
+            "object..__y__",
+            "object..__y__.__z__",
+        ]
+        assert stored["~"] == {"__x__~": 1}
+
     def test_too_deep_and_nested_arrays_become_json_text(self) -> None:
         """A map at depth 20 (its fields would be at 21) and an array in an array are kept
         as their JSON text; everything shallower stays a map."""
