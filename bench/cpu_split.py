@@ -13,9 +13,9 @@ starts, the process CPU time per operation (not wall time) of:
 Each at concurrency 1 and 16, in alternating rounds, so that `make bench`'s ratio (served
 CPU per first delivery against the raw transaction's) can be read as the pipeline's own
 ratio plus what serving HTTP costs. Beside each figure, the voluntary context switches per
-operation (a thread blocking on a lock, the GIL or a socket, and switched out): what
-serving adds beyond the pipeline's own CPU is mostly these, each costing the kernel a
-switch (docs/scaling.md, "The served remainder"). docs/scaling.md quotes a run.
+operation (a thread blocking on a lock, the GIL or a socket, and switched out), which tell
+whether serving makes the pipeline block more often than in process (docs/scaling.md, "The
+served remainder", quotes a run).
 """
 
 from __future__ import annotations
