@@ -4,6 +4,8 @@ its bound, and the writes it buffers itself equal the client library's."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -26,6 +28,7 @@ from stripe_ledger.firestore_client import (
     buffer_replacement,
     buffer_update,
     commit_writes,
+    create_client,
     create_document,
     fields_of,
     get_documents,
@@ -280,6 +283,28 @@ class TestGetDocuments:
         with pytest.raises(gexc.InvalidArgument):  # an error that is not NOT_FOUND
             get_documents(db, [db.collection("c").document("__reserved__")])
         assert [error.code() for error in converted] == [grpc.StatusCode.INVALID_ARGUMENT]
+
+    def test_a_stream_is_received_by_the_thread_that_called(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On the function's client, a BatchGetDocuments starts no gRPC thread: its messages
+        are received by the calling thread, not handed over by a thread of the channel's,
+        which gRPC would otherwise start for each call when no other call is running."""
+        client = create_client(Settings(webhook_secrets=(SECRET,)), os.environ)
+        refs = [client.collection("c").document(f"stream-{n}") for n in range(2)]
+        get_documents(client, refs)  # the channel is connected
+        started: list[str] = []
+        real_start = threading.Thread.start
+
+        def recording(thread: threading.Thread) -> None:
+            started.append(thread.name)
+            real_start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", recording)
+        for _ in range(3):
+            assert len(get_documents(client, refs)) == 2
+            time.sleep(0.05)  # a thread the call before started has ended by now
+        assert started == []
 
     def test_every_call_carries_the_metadata_the_generated_client_sends(
         self, db: firestore.Client
