@@ -91,12 +91,9 @@ def storable_document(document: Mapping[str, Any]) -> dict[str, Any]:
 def _storable(value: Any, depth: int, path: str, adapted: list[str], in_array: bool = False) -> Any:
     """`value`, at `depth` in the document, made storable (see the module docstring); each
     path changed is appended to `adapted`."""
-    kind = type(value)
-    if kind in _AS_IS:  # most values of a Stripe object: no abstract type checks for them
+    if _plain(value):
         return value
-    if kind is int and -(2**63) <= value < 2**63:
-        return value
-    is_map = kind is dict or isinstance(value, Mapping)
+    is_map = type(value) is dict or isinstance(value, Mapping)
     if (is_map or isinstance(value, list)) and (
         depth >= MAX_DEPTH or (in_array and isinstance(value, list))
     ):
@@ -130,7 +127,8 @@ def _storable(value: Any, depth: int, path: str, adapted: list[str], in_array: b
 
 
 def _plain(value: Any) -> bool:
-    """Whether `value` is stored as it is (`_storable` returns it unchanged)."""
+    """Whether `value` is stored as it is: most values of a Stripe object, told by their exact
+    type, without abstract type checks."""
     kind = type(value)
     return kind in _AS_IS or (kind is int and -(2**63) <= value < 2**63)
 
