@@ -102,18 +102,16 @@ def _storable(value: Any, depth: int, path: str, adapted: list[str], in_array: b
     if is_map:
         stored = {}
         for key, item in value.items():
-            key = str(key)
-            inner = None
-            if not key or (key.startswith("__") and _RESERVED_KEY.match(key)):
-                inner = f"{path}.{key}" if path else key
-                adapted.append(inner)
-                key = f"{key}~"
-            if _plain(item):  # most values: no call, and no path built for them
-                stored[key] = item
+            name = str(key)  # as received: what adapted paths are named by
+            if not name or (name.startswith("__") and _RESERVED_KEY.match(name)):
+                adapted.append(_joined(path, name))
+                key = f"{name}~"
             else:
-                if inner is None:
-                    inner = f"{path}.{key}" if path else key
-                stored[key] = _storable(item, depth + 1, inner, adapted)
+                key = name
+            # Most values are plain: no call, and no path built for them.
+            stored[key] = (
+                item if _plain(item) else _storable(item, depth + 1, _joined(path, name), adapted)
+            )
         return stored
     if isinstance(value, list):
         return [
@@ -124,6 +122,10 @@ def _storable(value: Any, depth: int, path: str, adapted: list[str], in_array: b
         adapted.append(path)
         return str(value)
     return value
+
+
+def _joined(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
 
 
 def _plain(value: Any) -> bool:
